@@ -1,0 +1,176 @@
+"""Public entry point of the kernels layer: ``block_sparse_attention`` and its ``BSAReport``.
+
+Validates the call, reorders tokens into 3D chunks (kernels/chunking.py), gates
+(kernels/gating.py), runs the Triton kernel (kernels/bsa_fwd_triton.py, imported lazily) or the
+torch reference (kernels/reference.py), and restores the caller's token order.
+
+Imports torch only at module level; must not import the model package or ComfyUI.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .chunking import from_chunk_order, make_layout, to_chunk_order
+from .gating import gate
+from .reference import bsa_fwd_reference
+
+logger = logging.getLogger(__name__)
+
+_BACKENDS = ("auto", "triton", "torch")
+
+
+@dataclass
+class BSAReport:
+    """What one ``block_sparse_attention`` call did.
+
+    Attributes:
+        backend: "triton" or "torch" — the path that ran.
+        reason: why that path ran (e.g. "requested", "CUDA and triton available",
+            "triton not importable: ...", "head_dim 96 not supported by the Triton kernel ...").
+        blocks_per_query_chunk: int32 ``[B, heads, Nq]`` key chunks kept per query chunk.
+        num_query_chunks: Nq.
+        num_key_chunks: Nk.
+        density: kept real key tokens / real key tokens, averaged over batch, heads and query
+            chunks (0 < density ≤ 1).
+        padded: whether either grid was padded to a multiple of its chunk.
+    """
+
+    backend: str
+    reason: str
+    blocks_per_query_chunk: torch.Tensor
+    num_query_chunks: int
+    num_key_chunks: int
+    density: float
+    padded: bool
+
+
+def _check_inputs(q, k, v, sparsity, cdf_threshold, backend):
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [B, heads, S, D], got "
+                             f"{getattr(t, 'shape', type(t))}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"q and k must share batch and heads, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"q and k must share head_dim, got {q.shape[3]} and {k.shape[3]}")
+    if sparsity is None and cdf_threshold is None:
+        raise ValueError("sparsity and cdf_threshold cannot both be None")
+    for name, value in (("sparsity", sparsity), ("cdf_threshold", cdf_threshold)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{name} must be a float or None, got {value!r}")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if cdf_threshold is not None and not 0.0 < cdf_threshold <= 1.0:
+        raise ValueError(f"cdf_threshold must be in (0, 1], got {cdf_threshold!r}")
+
+
+def _layouts(q, k, grid_q, grid_k, chunk_q, chunk_k):
+    layout_q = make_layout(grid_q, chunk_q, "grid_q", "chunk_3d_shape_q")
+    layout_k = make_layout(grid_k, chunk_k, "grid_k", "chunk_3d_shape_k")
+    if layout_q.num_tokens != q.shape[2]:
+        raise ValueError(f"grid_q {layout_q.grid} has {layout_q.num_tokens} tokens but q has S={q.shape[2]}")
+    if layout_k.num_tokens != k.shape[2]:
+        raise ValueError(f"grid_k {layout_k.grid} has {layout_k.num_tokens} tokens but k has S={k.shape[2]}")
+    return layout_q, layout_k
+
+
+def _choose_backend(q, k, v, backend):
+    """Return (run, backend name, reason); ``run`` has the reference's signature."""
+    if backend == "torch":
+        return bsa_fwd_reference, "torch", "requested"
+    if backend == "auto" and not q.is_cuda:
+        return bsa_fwd_reference, "torch", f"tensors are on {q.device.type}, not CUDA"
+    try:
+        from . import bsa_fwd_triton as triton_mod
+    except ImportError as err:
+        return bsa_fwd_reference, "torch", f"triton not importable: {err}"
+    reason = triton_mod.unsupported_reason(q, k, v)
+    if reason is not None:
+        if backend == "triton":
+            logger.warning("BSA: triton backend requested but %s; using the torch reference", reason)
+        return bsa_fwd_reference, "torch", reason
+    return triton_mod.bsa_fwd_triton, "triton", ("requested" if backend == "triton"
+                                                 else "CUDA and triton available")
+
+
+def _density(indices, counts, layout_k):
+    """Kept real key tokens / real key tokens, averaged (see ``BSAReport.density``)."""
+    valid = layout_k.valid(indices.device)
+    slot = torch.arange(indices.shape[-1], device=indices.device)
+    kept = torch.where(slot < counts[..., None], valid[indices.long()], 0).sum(-1)
+    return float(kept.double().mean()) / layout_k.num_tokens
+
+
+def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_threshold=None,
+                           chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(4, 4, 4),
+                           backend="auto", return_report=False):
+    """Block-sparse attention (LongCat-Video BSA) over video tokens in raster order.
+
+    Tokens of q (and of k, v) are the cells of a (T, H, W) grid in T-major raster order
+    (index = (t·H + h)·W + w). Both grids are cut into 3D chunks; each query chunk attends, with
+    exact softmax scaled by 1/√D, to all tokens of the key chunks its gate selects. The gate
+    mean-pools q and k per chunk (real tokens only), scores q̄·k̄ᵀ and keeps
+      * top-K (``cdf_threshold=None``): K = floor((1 − sparsity)·Nk) highest-scoring key chunks;
+      * CDF (``sparsity=None``): the leading key chunks of softmax(q̄·k̄ᵀ/√D), sorted descending,
+        whose cumulative mass is ≤ ``cdf_threshold`` (the crossing chunk is not kept);
+      * both given: the CDF count, raised to at least the top-K count.
+    Non-causal; ``sparsity=0`` selects every chunk and equals dense attention.
+
+    Args:
+        q: ``[B, heads, Sq, D]``, Sq = Tq·H·W.
+        k, v: ``[B, heads, Sk, D]``, Sk = Tk·H'·W' (Sq ≠ Sk allowed, e.g. noise queries over
+            conditioning + noise keys).
+        grid_q, grid_k: (T, H, W) token grids of q and k.
+        sparsity: float in [0, 1), or None for CDF-only selection.
+        cdf_threshold: float in (0, 1], or None (default) for top-K-only selection.
+        chunk_3d_shape_q, chunk_3d_shape_k: (t, h, w) chunk shapes, each dim ≥ 1; they may differ.
+        backend: "auto" (Triton on CUDA when importable and supported, else torch), "triton"
+            (falls back to torch, with a warning and the reason in the report, when the inputs
+            are unsupported: not CUDA, dtype not bf16/fp16, head_dim not 64/128), or "torch".
+        return_report: also return a ``BSAReport``.
+
+    Returns:
+        Output ``[B, heads, Sq, D]`` in q's dtype and token order; with ``return_report``,
+        ``(output, BSAReport)``.
+
+    Deviations from the official LongCat code (each pinned by a test):
+        * At least one key chunk is kept per query chunk in every mode; official top-K keeps
+          floor((1−s)·Nk), which can be 0, and CDF can keep 0, giving all-zero rows
+          (tests/kernels/test_gating.py::test_at_least_one_block).
+        * Grids need not be multiples of the chunk: each axis is padded; pooling uses real tokens
+          only, padded keys get zero probability and only real queries are returned. Official
+          asserts divisibility (tests/kernels/test_api.py::test_padded_grid_matches_masked_dense).
+        * Each query chunk's key list is visited in ascending chunk order (official: score order),
+          which changes only the floating-point summation order.
+
+    Raises:
+        ValueError: naming the parameter and value for sparsity outside [0, 1), cdf_threshold
+            outside (0, 1], both None, chunk dims < 1, a grid whose product ≠ S, mismatched
+            batch/heads/head_dim, k/v shape mismatch, or an unknown backend.
+    """
+    _check_inputs(q, k, v, sparsity, cdf_threshold, backend)
+    layout_q, layout_k = _layouts(q, k, grid_q, grid_k, chunk_3d_shape_q, chunk_3d_shape_k)
+    run, name, reason = _choose_backend(q, k, v, backend)
+
+    qc = to_chunk_order(q, layout_q)
+    kc = to_chunk_order(k, layout_k)
+    vc = to_chunk_order(v, layout_k)
+    indices, counts = gate(qc, kc, layout_q, layout_k, sparsity, cdf_threshold)
+    valid_k = layout_k.valid(q.device) if layout_k.padded else None
+    oc = run(qc, kc, vc, indices, counts, layout_q.chunk_size, layout_k.chunk_size, valid_k)
+    del qc, kc, vc
+    out = from_chunk_order(oc, layout_q)
+    if not return_report:
+        return out
+    report = BSAReport(
+        backend=name, reason=reason, blocks_per_query_chunk=counts,
+        num_query_chunks=layout_q.num_chunks, num_key_chunks=layout_k.num_chunks,
+        density=_density(indices, counts, layout_k), padded=layout_q.padded or layout_k.padded,
+    )
+    return out, report

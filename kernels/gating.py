@@ -1,0 +1,118 @@
+"""BSA gating: which key chunks each query chunk attends to.
+
+Official semantics (reference/longcat.md §5.4), per (batch, head, query chunk):
+
+1. mean-pool q and k over each chunk (in the input dtype),
+2. score = q̄ · k̄ᵀ (input dtype, no scale),
+3. select
+   * top-K: the K = floor((1 − sparsity) · Nk) highest scores;
+   * CDF: softmax(score / √D), sorted descending, cumulative sum; keep the leading blocks whose
+     cumulative mass is ≤ cdf_threshold (the crossing block is not kept);
+   * both: the CDF count raised to at least the top-K count.
+
+Deviations, each pinned by a test in tests/kernels/test_gating.py:
+
+* K ≥ 1 in every mode (official can select 0 blocks and returns all-zero rows):
+  ``test_at_least_one_block``.
+* Padded grids: pooling averages real tokens only (``ChunkLayout.valid``): ``test_pool_real_tokens_only``.
+* Each query chunk's list is returned sorted ascending by key-chunk index (official top-K returns
+  score order), so neighbouring query chunks stream the same key blocks in the same order (L2
+  reuse). The selected *set* is unchanged.
+
+Imports only torch; must not import triton, the model package or ComfyUI.
+"""
+
+import torch
+
+
+def pool_chunks(x_chunked, chunk_size, valid=None):
+    """Mean over the real tokens of each chunk.
+
+    Args:
+        x_chunked: ``[B, heads, N·C, D]`` in chunk order, padded slots zero.
+        chunk_size: C.
+        valid: int32 ``[N]`` real tokens per chunk (all ≥ 1), or None when no chunk is padded.
+
+    Returns:
+        ``[B, heads, N, D]`` in ``x_chunked.dtype``.
+    """
+    B, H, L, D = x_chunked.shape
+    blocks = x_chunked.view(B, H, L // chunk_size, chunk_size, D)
+    if valid is None:
+        return blocks.mean(dim=3)
+    # Padded slots are zero, so the sum over the chunk is the sum over its real tokens; fp32
+    # accumulation then one rounding, as torch.mean does for half types.
+    total = blocks.sum(dim=3, dtype=torch.float32)
+    return (total / valid.to(torch.float32)[:, None]).to(x_chunked.dtype)
+
+
+def chunk_scores(q_pooled, k_pooled):
+    """Unscaled chunk scores q̄·k̄ᵀ, ``[B, heads, Nq, Nk]`` in the input dtype (official: bf16)."""
+    return torch.matmul(q_pooled, k_pooled.transpose(-1, -2))
+
+
+def topk_count(sparsity, num_key_chunks):
+    """K = floor((1 − sparsity) · Nk) as the official code computes it, but at least 1."""
+    return max(1, int((1 - sparsity) * num_key_chunks))
+
+
+def _cdf_counts(scores, cdf_threshold, head_dim):
+    """Per-row CDF counts and the descending order they index, ``([B,H,Nq], [B,H,Nq,Nk])``."""
+    weights = torch.softmax(scores * (1.0 / head_dim**0.5), dim=-1)
+    sorted_w, order = torch.sort(weights, dim=-1, descending=True)
+    cdf = torch.cumsum(sorted_w, dim=-1)
+    # searchsorted(cdf, thr, right=True) on a non-decreasing row == number of entries ≤ thr.
+    counts = (cdf <= cdf_threshold).sum(dim=-1)
+    return counts, order
+
+
+def select_blocks(scores, sparsity, cdf_threshold, head_dim):
+    """Select key chunks per query chunk.
+
+    Args:
+        scores: ``[B, heads, Nq, Nk]`` from ``chunk_scores``.
+        sparsity: float in [0, 1) or None (CDF only).
+        cdf_threshold: float in (0, 1] or None (top-K only). Not both None.
+        head_dim: D, for the CDF softmax scale 1/√D.
+
+    Returns:
+        ``(indices, counts)``: int32 ``[B, heads, Nq, Kmax]`` key-chunk ids, each row's first
+        ``counts`` entries ascending and distinct (the rest repeat the row's last valid id, so any
+        entry is a safe address); int32 ``[B, heads, Nq]`` counts, each in [1, Nk].
+    """
+    nk = scores.shape[-1]
+    if cdf_threshold is None:
+        k = topk_count(sparsity, nk)
+        top = torch.topk(scores, k, dim=-1, sorted=False).indices
+        indices = torch.sort(top, dim=-1).values.to(torch.int32)
+        counts = torch.full(scores.shape[:-1], k, dtype=torch.int32, device=scores.device)
+        return indices.contiguous(), counts
+    counts, order = _cdf_counts(scores, cdf_threshold, head_dim)
+    floor = 1 if sparsity is None else topk_count(sparsity, nk)
+    counts = counts.clamp(min=floor)
+    kmax = int(counts.max())
+    order = order[..., :kmax]
+    slot = torch.arange(kmax, device=scores.device)
+    keep = slot < counts[..., None]
+    # Unkept slots sort to the end (sentinel nk), then take the row's last kept id.
+    ordered = torch.sort(torch.where(keep, order, torch.full_like(order, nk)), dim=-1).values
+    last = ordered.gather(-1, (counts[..., None] - 1).long())
+    indices = torch.where(keep, ordered, last).to(torch.int32)
+    return indices.contiguous(), counts.to(torch.int32)
+
+
+def gate(q_chunked, k_chunked, layout_q, layout_k, sparsity, cdf_threshold):
+    """Pool, score and select in one call; see ``pool_chunks`` and ``select_blocks``.
+
+    ``layout_q`` / ``layout_k`` are the ``ChunkLayout``s the inputs were reordered with.
+    """
+    q_pooled = _pool(q_chunked, layout_q)
+    k_pooled = _pool(k_chunked, layout_k)
+    scores = chunk_scores(q_pooled, k_pooled)
+    del q_pooled, k_pooled
+    return select_blocks(scores, sparsity, cdf_threshold, q_chunked.shape[-1])
+
+
+def _pool(x_chunked, layout):
+    valid = layout.valid(x_chunked.device) if layout.padded else None
+    return pool_chunks(x_chunked, layout.chunk_size, valid)
