@@ -1,0 +1,197 @@
+"""Self- and cross-attention of the LongCat DiT, and the default dense attention function.
+
+Self-attention (key prefix ``attn``): qkv → per-head RMSNorm on q, k → 3D RoPE → attention core →
+proj. The core is block-sparse (``kernels.block_sparse_attention``) when the transformer options
+carry ``longcat_bsa`` settings that apply to this block and sigma and the grid has T > 1;
+otherwise the injected dense ``attention`` function (ComfyUI's ``optimized_attention`` signature,
+so its backends and patches apply). Conditioning split and KV cache follow reference/longcat.md
+1.10 / 3.4. Cross-attention (``cross_attn``) is always dense and has no RoPE.
+Imports nothing from ComfyUI; ``..kernels`` is imported only when BSA runs.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import RMSNorm
+from .rope import apply_rope
+
+
+def sdpa_attention(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+    """Dense attention with ComfyUI's ``optimized_attention`` signature, on torch SDPA.
+
+    q ``[B, Sq, heads·D]``, k/v ``[B, Sk, heads·D]``, or ``[B, heads, S, D]`` with ``skip_reshape``.
+    mask: None or additive/boolean, broadcastable to ``[B, heads, Sq, Sk]``. Returns
+    ``[B, Sq, heads·D]`` (``[B, heads, Sq, D]`` with ``skip_output_reshape``). Extra kwargs
+    (``transformer_options``, ...) are accepted and ignored.
+    """
+    if skip_reshape:
+        b, _, _, dim_head = q.shape
+    else:
+        b, _, inner = q.shape
+        dim_head = inner // heads
+        q, k, v = (t.view(b, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
+    if mask is not None:
+        while mask.ndim < 4:
+            mask = mask.unsqueeze(0 if mask.ndim < 3 else 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if skip_output_reshape:
+        return out
+    return out.transpose(1, 2).reshape(b, -1, heads * dim_head)
+
+
+@dataclass
+class SelfAttnPlan:
+    """What one forward's self-attention calls look like (shared by all blocks).
+
+    grid: ``(T, H, W)`` token grid of the tokens in x. cond_frames: leading frames of x that are
+    conditioning (split path; 0 = none). cached_frames: frames held in the KV cache in front of x.
+    rope: cos/sin ``[(cached_frames + T)·H·W, D]`` over the key grid. sigma: current sigma or None.
+    return_kv: return the conditioning tokens' (all tokens' if cond_frames = 0) pre-RoPE k, v.
+    """
+
+    grid: tuple[int, int, int]
+    rope: tuple[torch.Tensor, torch.Tensor]
+    cond_frames: int = 0
+    cached_frames: int = 0
+    sigma: float | None = None
+    return_kv: bool = False
+
+
+def _block_sparse_attention(*args, **kwargs):
+    # Imported at call time: dense-only use never loads the kernels (or triton).
+    from ..kernels import block_sparse_attention
+
+    return block_sparse_attention(*args, **kwargs)
+
+
+def _bsa_settings(opts: dict, grid_t: int, sigma: float | None):
+    """The BSA settings to use for the current block, or None for dense (T = 1 never uses BSA)."""
+    settings = opts.get("longcat_bsa")
+    if settings is None or grid_t <= 1:
+        return None
+    return settings if settings.applies(opts.get("block_index", 0), sigma) else None
+
+
+def _core(q, k, v, grid_q, grid_k, heads, attention, opts, settings):
+    """Attention core on ``[B, heads, S, D]`` → ``[B, Sq, heads·D]``; BSA when settings is not None."""
+    if settings is None:
+        return attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
+    log = opts.get("longcat_bsa_log")
+    result = _block_sparse_attention(
+        q, k, v, grid_q, grid_k, **settings.kernel_kwargs(), return_report=log is not None
+    )
+    if log is not None:
+        result, report = result
+        log.record(opts.get("block_index", 0), report)
+    b, _, sq, d = result.shape
+    return result.transpose(1, 2).reshape(b, sq, heads * d)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention. Keys ``qkv`` (feature order [q | k | v], head-major), ``q_norm``, ``k_norm``, ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, attention, device=None, dtype=None, operations=nn):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attention = attention
+        self.qkv = operations.Linear(dim, 3 * dim, bias=True, device=device, dtype=dtype)
+        self.q_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
+        self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
+        self.proj = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
+
+    def forward(self, x, plan: SelfAttnPlan, opts: dict, cache=None):
+        """x ``[B, N, C]`` → (``[B, N, C]``, (k, v) pre-RoPE ``[B, heads, n, D]`` if plan.return_kv else None).
+
+        cache: None or this block's cached conditioning (k, v) ``[1 or B, heads, Tc·H·W, D]``
+        (pre-RoPE, any device), placed in front of this call's keys.
+        """
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
+        kv_out = None
+        if plan.return_kv:
+            kv_out = (k[:, :, :n_cond], v[:, :, :n_cond]) if n_cond else (k, v)
+        if cache is not None:
+            k = torch.cat([_match(cache[0], k), k], dim=2)
+            v = torch.cat([_match(cache[1], v), v], dim=2)
+        cos, sin = plan.rope
+        q = apply_rope(q, cos[-n:], sin[-n:])  # queries sit after any cached frames
+        k = apply_rope(k, cos, sin)
+        out = self._attend(q, k, v, plan, opts, n_cond)
+        return self.proj(out), kv_out
+
+    def _attend(self, q, k, v, plan: SelfAttnPlan, opts: dict, n_cond: int):
+        """Plain, cached (queries over [cache; x]) or conditioning-split attention → ``[B, N, C]``."""
+        t, h, w = plan.grid
+        settings = _bsa_settings(opts, t, plan.sigma)
+        if not n_cond:
+            grid_k = (plan.cached_frames + t, h, w)
+            return _core(q, k, v, plan.grid, grid_k, self.num_heads, self.attention, opts, settings)
+        # Conditioning split: cond queries see only cond keys; noise queries see everything.
+        tc = plan.cond_frames
+        cond = _core(
+            q[:, :, :n_cond], k[:, :, :n_cond], v[:, :, :n_cond], (tc, h, w), (tc, h, w),
+            self.num_heads, self.attention, opts, settings,
+        )
+        noise = _core(
+            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), self.num_heads, self.attention, opts, settings
+        )
+        return torch.cat([cond, noise], dim=1)
+
+
+def _match(cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Cached k/v on ``like``'s device and dtype, batch 1 broadcast to ``like``'s batch (CFG)."""
+    cached = cached.to(device=like.device, dtype=like.dtype, non_blocking=True)
+    if cached.shape[0] != like.shape[0]:
+        if cached.shape[0] != 1:
+            raise ValueError(f"kv_cache batch {cached.shape[0]} does not match x batch {like.shape[0]}")
+        cached = cached.expand(like.shape[0], -1, -1, -1)
+    return cached
+
+
+@dataclass
+class TextInputs:
+    """Embedded text for cross-attention. y ``[B, L, C]``; keep: None (every item attends to all
+    L tokens) or, per item, a bool ``[L]`` of the tokens it attends to."""
+
+    y: torch.Tensor
+    keep: list | None = None
+
+
+class CrossAttention(nn.Module):
+    """Video → text attention, no RoPE. Keys ``q_linear``, ``kv_linear`` ([k | v]), ``q_norm``, ``k_norm``, ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, attention, device=None, dtype=None, operations=nn):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attention = attention
+        self.q_linear = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
+        self.kv_linear = operations.Linear(dim, 2 * dim, bias=True, device=device, dtype=dtype)
+        self.q_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
+        self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
+        self.proj = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, text: TextInputs, opts: dict) -> torch.Tensor:
+        """x ``[B, N, C]`` → ``[B, N, C]``; each item's queries attend to its own text tokens."""
+        b, n, c = x.shape
+        heads, d = self.num_heads, self.head_dim
+        q = self.q_norm(self.q_linear(x).view(b, n, heads, d)).transpose(1, 2)
+        k, v = self.kv_linear(text.y).view(b, -1, 2, heads, d).unbind(2)
+        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+        if text.keep is None:
+            out = self.attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
+        else:
+            out = torch.cat([self._one(q[i : i + 1], k[i : i + 1], v[i : i + 1], text.keep[i], opts) for i in range(b)])
+        return self.proj(out)
+
+    def _one(self, q, k, v, keep: torch.Tensor, opts: dict) -> torch.Tensor:
+        """One item over its kept text tokens (the official varlen call); no tokens → zero output."""
+        if not bool(keep.any()):
+            return q.new_zeros(1, q.shape[2], self.num_heads * self.head_dim)
+        return self.attention(q, k[:, :, keep], v[:, :, keep], self.num_heads, skip_reshape=True, transformer_options=opts)

@@ -1,0 +1,242 @@
+"""The LongCat-Video DiT: 48 single-stream blocks with per-frame adaLN, 3D RoPE and text cross-attention.
+
+Math and state-dict names follow reference/longcat.md §1 and the §8 invariants; the constructor and
+forward follow docs/ARCHITECTURE.md. Layers come from injected ``operations`` and the dense
+attention function is injected too, so ComfyUI's casting, fp8, offload, attention backends and
+block patches all apply. Imports nothing from ComfyUI.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import CrossAttention, SelfAttention, SelfAttnPlan, TextInputs, sdpa_attention
+from .layers import (
+    NORM_EPS, CaptionEmbedder, FinalLayer, PatchEmbed3D, SwiGLU, TimestepEmbedder,
+    layer_norm_fp32, linear_fp32, modulate,
+)
+from .rope import RopeCache
+
+
+class LongCatBlock(nn.Module):
+    """One block: adaLN-modulated self-attention, ungated cross-attention, adaLN-modulated SwiGLU.
+
+    Keys: ``adaLN_modulation.1``, ``pre_crs_attn_norm``, ``attn.*``, ``cross_attn.*``, ``ffn.*``.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio, t_dim, attention, device=None, dtype=None, operations=nn):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(t_dim, 6 * dim, bias=True, **kw))
+        self.mod_norm_attn = operations.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS, **kw)
+        self.attn = SelfAttention(dim, num_heads, attention, operations=operations, **kw)
+        self.pre_crs_attn_norm = operations.LayerNorm(dim, elementwise_affine=True, eps=NORM_EPS, **kw)
+        self.cross_attn = CrossAttention(dim, num_heads, attention, operations=operations, **kw)
+        self.mod_norm_ffn = operations.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS, **kw)
+        self.ffn = SwiGLU(dim, mlp_ratio, operations=operations, **kw)
+
+    def forward(self, x, t_emb, text, plan: SelfAttnPlan, opts: dict, cache=None):
+        """x ``[B, N, C]`` (compute dtype), t_emb fp32 ``[B, T, t_dim]``, text TextInputs or None
+        (skip cross-attention) → (x, pre-RoPE (k, v) or None)."""
+        b, n, c = x.shape
+        frames = t_emb.shape[1]
+        # adaLN in fp32, one modulation per latent frame, order (shift, scale, gate) × (msa, mlp).
+        mod = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+
+        h = modulate(layer_norm_fp32(self.mod_norm_attn, x.reshape(b, frames, -1, c)), shift_msa, scale_msa)
+        attn, kv = self.attn(h.to(x.dtype).reshape(b, n, c), plan, opts, cache)
+        x = _gated_residual(x, attn, gate_msa)
+
+        if text is not None:
+            x = x + self._cross(layer_norm_fp32(self.pre_crs_attn_norm, x).to(x.dtype), text, plan, opts)
+
+        h = modulate(layer_norm_fp32(self.mod_norm_ffn, x.reshape(b, frames, -1, c)), shift_mlp, scale_mlp)
+        x = _gated_residual(x, self.ffn(h.to(x.dtype).reshape(b, n, c)), gate_mlp)
+        return x, kv
+
+    def _cross(self, h, text, plan: SelfAttnPlan, opts):
+        """Cross-attention output; conditioning tokens (split path) get exactly zero."""
+        n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
+        if not n_cond:
+            return self.cross_attn(h, text, opts)
+        noise = self.cross_attn(h[:, n_cond:], text, opts)
+        return torch.cat([noise.new_zeros(h.shape[0], n_cond, h.shape[2]), noise], dim=1)
+
+
+def _gated_residual(x, branch, gate):
+    """``x + gate·branch`` in fp32 (gate ``[B, T, 1, C]`` per frame), cast back to x's dtype."""
+    b, n, c = x.shape
+    frames = gate.shape[1]
+    out = x.reshape(b, frames, -1, c).float() + gate * branch.reshape(b, frames, -1, c).float()
+    return out.to(x.dtype).reshape(b, n, c)
+
+
+class LongCatVideoDiT(nn.Module):
+    """LongCat-Video DiT (13.58 B parameters, 1022 tensors at the published config).
+
+    ``attention``: dense attention callable (ComfyUI ``optimized_attention`` signature), default
+    ``sdpa_attention``. ``operations``: namespace with ``Linear``, ``Conv3d``, ``LayerNorm``
+    (default ``torch.nn``). ``device``/``dtype``: where and how parameters are created
+    (``device="meta"`` for a free skeleton to load into with ``assign=True``).
+    """
+
+    def __init__(self, in_channels=16, out_channels=16, hidden_size=4096, depth=48, num_heads=32,
+                 caption_channels=4096, mlp_ratio=4, adaln_tembed_dim=512, frequency_embedding_size=256,
+                 patch_size=(1, 2, 2), text_tokens_zero_pad=True, attention=None, device=None, dtype=None,
+                 operations=None):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        if int(patch_size[0]) != 1:
+            raise ValueError(f"patch_size must be (1, ph, pw) (per-frame modulation), got {tuple(patch_size)}")
+        operations = nn if operations is None else operations
+        attention = sdpa_attention if attention is None else attention
+        kw = {"device": device, "dtype": dtype, "operations": operations}
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.hidden_size, self.num_heads, self.depth = hidden_size, num_heads, depth
+        self.head_dim = hidden_size // num_heads
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.text_tokens_zero_pad = text_tokens_zero_pad
+        self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size, **kw)
+        self.t_embedder = TimestepEmbedder(adaln_tembed_dim, frequency_embedding_size, **kw)
+        self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, **kw)
+        self.blocks = nn.ModuleList(
+            LongCatBlock(hidden_size, num_heads, mlp_ratio, adaln_tembed_dim, attention, **kw) for _ in range(depth)
+        )
+        self.final_layer = FinalLayer(hidden_size, adaln_tembed_dim, math.prod(self.patch_size) * out_channels, **kw)
+        self.rope = RopeCache()
+
+    def forward(self, x, timestep, context, context_mask=None, num_cond_latents=0, kv_cache=None,
+                return_kv=False, skip_cross_attn=False, transformer_options=None, offload_kv_cache=False):
+        """Predict the official velocity (v ≈ x0 − ε).
+
+        x: ``[B, C_in, T, H, W]`` normalized latents in the compute dtype (bf16 for parity).
+        timestep: ``[B]``, ``[B, T]`` (or ``[B, Tc + T]`` with a cache) on the 0..1000 scale; rounded
+        to bf16 here. The first ``num_cond_latents`` frames always use t = 0 (split path).
+        context: ``[B, L, caption_channels]`` (or ``[B, 1, L, C]``); None only with skip_cross_attn.
+        context_mask: ``[B, L]`` (1 = real token) or None. num_cond_latents: leading clean frames
+        of x (split path), or with ``kv_cache`` the number of cached frames Tc (x = noise frames only).
+        kv_cache: ``{block: (k, v)}`` pre-RoPE ``[1 or B, heads, Tc·H/2·W/2, D]`` on any device.
+        return_kv: also return such a cache for the conditioning frames (all of x if
+        num_cond_latents = 0), on the CPU when ``offload_kv_cache``.
+        Returns fp32 ``[B, C_out, T, H, W]`` for the frames of x, or ``(out, kv_cache)``.
+        """
+        opts = dict(transformer_options or {})
+        b, _, t, h, w = self._check_input(x, num_cond_latents, kv_cache)
+        cached = num_cond_latents if kv_cache is not None else 0
+        cond = 0 if kv_cache is not None else num_cond_latents
+        t_emb = self.t_embedder(self._frame_timesteps(timestep, b, t, cond, cached, x.device))
+        text = None if skip_cross_attn else self._embed_text(context, context_mask, b, x.dtype)
+        grid = (t // self.patch_size[0], h // self.patch_size[1], w // self.patch_size[2])
+        plan = SelfAttnPlan(
+            grid=grid, cond_frames=cond, cached_frames=cached, return_kv=return_kv, sigma=_first_sigma(opts),
+            rope=self.rope.get((cached + grid[0], grid[1], grid[2]), self.head_dim, x.device),
+        )
+        tokens = self.x_embedder(x)
+        tokens, new_cache = self._run_blocks(tokens, t_emb, text, plan, opts, kv_cache, offload_kv_cache)
+        out = self.unpatchify(self.final_layer(tokens, t_emb), grid).float()
+        return (out, new_cache) if return_kv else out
+
+    def build_kv_cache(self, cond_latents, transformer_options=None, offload=False):
+        """The continuation KV cache: run the conditioning latents ``[B, C_in, Tc, H, W]`` alone at
+        t = 0 without cross-attention (reference/longcat.md 3.4) → ``{block: (k, v)}``."""
+        zeros = torch.zeros(cond_latents.shape[0], device=cond_latents.device)
+        _, cache = self.forward(cond_latents, zeros, None, return_kv=True, skip_cross_attn=True,
+                                transformer_options=transformer_options, offload_kv_cache=offload)
+        return cache
+
+    def _run_blocks(self, x, t_emb, text, plan, opts, kv_cache, offload):
+        """The block loop; honours ``patches_replace["dit"][("double_block", i)]`` like ComfyUI's Wan."""
+        replace = opts.get("patches_replace", {}).get("dit", {})
+        new_cache = {} if plan.return_kv else None
+        for i, block in enumerate(self.blocks):
+            opts["block_index"] = i
+            cache = None if kv_cache is None else kv_cache[i]
+            kv_slot = []
+
+            def original_block(args, block=block, cache=cache, kv_slot=kv_slot):
+                out, kv = block(args["img"], args["vec"], args["txt"], plan, args["transformer_options"], cache)
+                kv_slot.append(kv)
+                return {"img": out}
+
+            args = {"img": x, "txt": text, "vec": t_emb, "pe": plan.rope, "transformer_options": opts}
+            if ("double_block", i) in replace:
+                x = replace[("double_block", i)](args, {"original_block": original_block})["img"]
+            else:
+                x = original_block(args)["img"]
+            if new_cache is not None:
+                if not kv_slot:
+                    raise RuntimeError(f"block {i} patch did not call original_block; return_kv needs it")
+                k, v = kv_slot[-1]
+                new_cache[i] = (k.to("cpu"), v.to("cpu")) if offload else (k.contiguous(), v.contiguous())
+        return x, new_cache
+
+    def _check_input(self, x, num_cond_latents, kv_cache):
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be [B, {self.in_channels}, T, H, W], got {tuple(x.shape)}")
+        b, _, t, h, w = x.shape
+        pt, ph, pw = self.patch_size
+        if t % pt or h % ph or w % pw:
+            raise ValueError(f"x frames/height/width {t}x{h}x{w} must be divisible by patch_size {self.patch_size}")
+        if kv_cache is None and not 0 <= num_cond_latents < t:
+            raise ValueError(f"num_cond_latents must be in [0, T={t}), got {num_cond_latents}")
+        if kv_cache is not None:
+            if num_cond_latents < 1:
+                raise ValueError(f"num_cond_latents must be the cached frame count (>= 1), got {num_cond_latents}")
+            if sorted(kv_cache) != list(range(self.depth)):
+                raise ValueError(f"kv_cache must have an entry for each of the {self.depth} blocks")
+            expected = num_cond_latents // pt * (h // ph) * (w // pw)
+            if kv_cache[0][0].shape[2] != expected:
+                raise ValueError(f"kv_cache holds {kv_cache[0][0].shape[2]} tokens, expected {expected} "
+                                 f"for num_cond_latents={num_cond_latents} at {h}x{w}")
+        return b, self.in_channels, t, h, w
+
+    def _frame_timesteps(self, timestep, b, t, cond, cached, device):
+        """Per-frame timesteps fp32 ``[B, T]``, bf16-rounded as the official bf16 model does (1.4)."""
+        ts = torch.as_tensor(timestep, device=device).float()
+        if ts.ndim <= 1:
+            ts = ts.reshape(-1, 1).expand(b, t) if ts.numel() in (1, b) else None
+        elif ts.shape[1] == cached + t and cached:
+            ts = ts[:, cached:]
+        if ts is None or tuple(ts.shape) not in ((b, t), (1, t)):
+            raise ValueError(f"timestep must be [B], [B, T] or [B, Tc+T] for B={b}, T={t}, got {tuple(torch.as_tensor(timestep).shape)}")
+        ts = ts.expand(b, t).clone()
+        ts[:, :cond] = 0.0  # clean conditioning frames are always at t = 0
+        return ts.to(torch.bfloat16).float()
+
+    def _embed_text(self, context, mask, b, dtype) -> TextInputs:
+        """Caption MLP on all L positions; ``text_tokens_zero_pad`` zeroes pads after it (1.5)."""
+        if context is None:
+            raise ValueError("context is required unless skip_cross_attn=True")
+        if context.ndim == 4:
+            context = context.squeeze(1)
+        if context.ndim != 3 or context.shape[0] not in (1, b):
+            raise ValueError(f"context must be [B, L, C] with B={b}, got {tuple(context.shape)}")
+        y = self.y_embedder(context.to(dtype)).expand(b, -1, -1)
+        if mask is None:
+            return TextInputs(y)
+        mask = mask.reshape(mask.shape[0], -1).to(y.device).expand(b, -1)
+        if mask.shape[1] != y.shape[1]:
+            raise ValueError(f"context_mask length {mask.shape[1]} does not match context length {y.shape[1]}")
+        if self.text_tokens_zero_pad:
+            return TextInputs(y * mask[..., None].to(y.dtype))
+        return TextInputs(y, keep=[row.bool() for row in mask])
+
+    def unpatchify(self, tokens, grid):
+        """fp32 ``[B, N, pt·ph·pw·C_out]`` (features (pt, ph, pw, c), c fastest) → ``[B, C_out, T, H, W]``."""
+        b = tokens.shape[0]
+        nt, nh, nw = grid
+        pt, ph, pw = self.patch_size
+        x = tokens.view(b, nt, nh, nw, pt, ph, pw, self.out_channels)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, nt * pt, nh * ph, nw * pw)
+
+
+def _first_sigma(opts: dict) -> float | None:
+    """The current sigma from ``transformer_options["sigmas"]`` (first element), or None."""
+    sigmas = opts.get("sigmas")
+    if sigmas is None:
+        return None
+    return float(torch.as_tensor(sigmas).flatten()[0])
