@@ -1,0 +1,289 @@
+"""Load LongCat-Video DiT weights: the official sharded ``dit/`` folder or one safetensors file.
+
+Safetensors only (pickle files are never opened). Every header is validated before any tensor is
+read (truncated / corrupt files, non-LongCat checkpoints, missing / unexpected keys, wrong shapes
+→ ``ValueError`` naming the first few offenders). Tensors are read one at a time and cast on the
+way in (fp8 stays fp8), then assigned into a meta-device skeleton, so loading never holds a
+second copy of the model or runs a random init. Imports nothing from ComfyUI.
+"""
+
+import json
+import logging
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .dit import LongCatVideoDiT
+from .layers import cast_ops
+
+logger = logging.getLogger(__name__)
+
+# safetensors dtype tags → torch dtypes (those a DiT checkpoint can hold).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16) + FP8_DTYPES
+_MAX_HEADER = 100 * 1024 * 1024
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+_KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "model.")
+# Keys that identify other families, for a helpful "this is not LongCat" message.
+_OTHER_FAMILIES = {
+    "blocks.0.self_attn.q.weight": "Wan 2.x", "patch_embedding.weight": "Wan 2.x",
+    "double_blocks.0.img_attn.qkv.weight": "Flux/HunyuanVideo", "transformer_blocks.0.attn1.to_q.weight": "a diffusers model",
+    "joint_blocks.0.x_block.attn.qkv.weight": "SD3", "input_blocks.0.0.weight": "an SD/SDXL UNet",
+}
+_SIGNATURE = ("x_embedder.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.cross_attn.kv_linear.weight",
+              "final_layer.linear.weight")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor lives: file, dtype, shape (from the header, nothing loaded)."""
+
+    file: Path
+    name: str  # key inside the file (may carry a prefix)
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def read_header(path) -> dict:
+    """Validated safetensors header of ``path``: ``{name: TensorInfo}`` (no tensor data read).
+
+    Raises ValueError for non-safetensors, truncated or corrupt files, naming the file and tensors.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ValueError(f"{path.name}: only .safetensors files are supported (pickle files are never loaded)")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path.name}: not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n < 2 or n > min(_MAX_HEADER, size - 8):
+            raise ValueError(f"{path.name}: not a safetensors file or truncated (header length {n}, file {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path.name}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}: corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    return _parse_entries(path, header, size - 8 - n)
+
+
+def _parse_entries(path: Path, header: dict, data_size: int) -> dict:
+    infos, beyond = {}, []
+    for name, entry in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            start, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path.name}: unsupported or corrupt header entry for {name!r}: {entry}") from None
+        if end - start != math.prod(shape) * dtype.itemsize or start < 0:
+            raise ValueError(f"{path.name}: corrupt header, {name!r} offsets {start}..{end} do not fit shape {shape}")
+        if end > data_size:
+            beyond.append(name)
+        infos[name] = TensorInfo(path, name, dtype, shape)
+    if beyond:
+        raise ValueError(f"{path.name}: file is truncated ({data_size} data bytes); tensors past the end: "
+                         f"{_first(beyond)}")
+    return infos
+
+
+def _first(names, count: int = 5) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - count} more)" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
+
+
+def _index_file(folder: Path) -> Path | None:
+    found = sorted(folder.glob("*.safetensors.index.json"))
+    return found[0] if found else None
+
+
+def collect_tensors(path) -> dict:
+    """``{official key: TensorInfo}`` for a single file, an index json, or a folder (official ``dit/``).
+
+    Known wrapper prefixes (``model.diffusion_model.`` ...) are stripped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"weights path does not exist: {path}")
+    if path.is_dir():
+        index = _index_file(path)
+        if index is None:
+            files = sorted(path.glob("*.safetensors"))
+            if len(files) != 1:
+                raise ValueError(f"{path}: expected a *.safetensors.index.json or exactly one .safetensors file, "
+                                 f"found {len(files)} safetensors files")
+            return _strip_prefix(read_header(files[0]))
+        path = index
+    if path.name.endswith(".index.json"):
+        return _strip_prefix(_read_index(path))
+    return _strip_prefix(read_header(path))
+
+
+def _read_index(index: Path) -> dict:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{index.name}: not a safetensors index ({err!r})") from None
+    infos = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if not shard_path.is_file():
+            raise ValueError(f"{index.name}: shard {shard} is missing from {index.parent}")
+        header = read_header(shard_path)
+        listed = [k for k, s in weight_map.items() if s == shard]
+        absent = [k for k in listed if k not in header]
+        if absent:
+            raise ValueError(f"{shard}: tensors listed in {index.name} but not in the shard: {_first(absent)}")
+        infos.update({k: header[k] for k in listed})
+    return infos
+
+
+def _strip_prefix(infos: dict) -> dict:
+    for prefix in _KNOWN_PREFIXES:
+        if infos and all(k.startswith(prefix) for k in infos):
+            return {k[len(prefix):]: v for k, v in infos.items()}
+    return infos
+
+
+def check_is_longcat(shapes) -> None:
+    """Raise ValueError unless ``shapes`` (keys → anything) looks like a LongCat DiT."""
+    missing = [k for k in _SIGNATURE if k not in shapes]
+    if not missing:
+        return
+    family = next((fam for key, fam in _OTHER_FAMILIES.items() if key in shapes), None)
+    what = f"looks like {family}" if family else f"first keys: {_first(shapes)}"
+    raise ValueError(f"not a LongCat-Video DiT checkpoint ({what}); missing {_first(missing)}")
+
+
+def _shape(value) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def infer_config(state_dict) -> dict:
+    """Constructor kwargs of ``LongCatVideoDiT`` from tensor shapes (values: tensors, TensorInfo or shapes)."""
+    check_is_longcat(state_dict)
+    s = {k: _shape(v) for k, v in state_dict.items()}
+    hidden, in_channels, *patch = s["x_embedder.proj.weight"]
+    head_dim = s["blocks.0.attn.q_norm.weight"][0]
+    depth = 1 + max(int(k.split(".")[1]) for k in s if k.startswith("blocks."))
+    final_out = s["final_layer.linear.weight"][0]
+    if final_out % math.prod(patch):
+        raise ValueError(f"final_layer.linear.weight rows {final_out} not divisible by patch {tuple(patch)}")
+    return {
+        "in_channels": in_channels, "out_channels": final_out // math.prod(patch), "hidden_size": hidden,
+        "depth": depth, "num_heads": hidden // head_dim, "caption_channels": s["y_embedder.y_proj.0.weight"][1],
+        "mlp_ratio": 4, "adaln_tembed_dim": s["t_embedder.mlp.0.weight"][0],
+        "frequency_embedding_size": s["t_embedder.mlp.0.weight"][1], "patch_size": tuple(patch),
+    }
+
+
+def expected_shapes(config: dict) -> dict:
+    """``{key: shape}`` of a model with ``config``, from a meta-device skeleton (no memory)."""
+    model = LongCatVideoDiT(**config, device="meta")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_keys(shapes, config: dict) -> None:
+    """Raise ValueError naming missing, unexpected and wrong-shaped keys (first few of each)."""
+    want = expected_shapes(config)
+    have = {k: _shape(v) for k, v in shapes.items()}
+    problems = []
+    if missing := [k for k in want if k not in have]:
+        problems.append(f"missing {len(missing)}: {_first(missing)}")
+    if unexpected := [k for k in have if k not in want]:
+        problems.append(f"unexpected {len(unexpected)}: {_first(unexpected)}")
+    if wrong := [f"{k} {have[k]} != {want[k]}" for k in want if k in have and have[k] != want[k]]:
+        problems.append(f"wrong shape {len(wrong)}: {'; '.join(wrong[:5])}")
+    if problems:
+        raise ValueError("LongCat DiT checkpoint does not match the model: " + " | ".join(problems))
+
+
+def storage_dtype(name: str, shape, dtype: torch.dtype | None, source: torch.dtype) -> torch.dtype:
+    """Dtype a tensor is stored in for a requested model ``dtype`` (None = keep the file's).
+
+    fp8 applies to 2-D Linear weights only; biases, norms and the patch conv stay bf16 (small,
+    and precision-sensitive), as in common fp8 DiT files.
+    """
+    if dtype is None:
+        return source
+    if dtype in FP8_DTYPES and not (name.endswith(".weight") and len(shape) == 2):
+        return torch.bfloat16
+    return dtype
+
+
+def cast_tensor(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast, clamping to the fp8 range first (fp32 → e4m3fn would otherwise give NaN past ±448)."""
+    if dtype == tensor.dtype:
+        return tensor
+    if dtype in FP8_DTYPES and tensor.dtype not in FP8_DTYPES:
+        limit = torch.finfo(dtype).max
+        tensor = tensor.clamp(-limit, limit)
+    return tensor.to(dtype)
+
+
+def _check_dtype(dtype):
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be None or one of {STORAGE_DTYPES}, got {dtype}")
+
+
+def load_state_dict(path, dtype: torch.dtype | None = None, device="cpu") -> dict:
+    """Validated official-key state dict from a file / index / ``dit/`` folder, cast tensor by tensor.
+
+    dtype: None keeps the file's dtypes; bf16/fp16/fp32, or fp8 (e4m3fn / e5m2) for Linear weights.
+    Raises ValueError for bad files, non-LongCat checkpoints and key/shape mismatches.
+    """
+    _check_dtype(dtype)
+    infos = collect_tensors(path)
+    check_keys(infos, infer_config(infos))
+    by_file: dict[Path, list] = {}
+    for key, info in infos.items():
+        by_file.setdefault(info.file, []).append((key, info))
+    state = {}
+    for file, entries in by_file.items():
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for key, info in entries:
+                target = storage_dtype(key, info.shape, dtype, info.dtype)
+                state[key] = cast_tensor(f.get_tensor(info.name), target)
+    logger.info("loaded %d LongCat DiT tensors from %s", len(state), path)
+    return state
+
+
+def _read_config_flag(path) -> bool:
+    """``text_tokens_zero_pad`` from the official ``dit/config.json`` (folder or index input), default True."""
+    path = Path(path)
+    if not (path.is_dir() or path.name.endswith(".index.json")):
+        return True  # a single file carries no config; the published value applies
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if not config.is_file():
+        return True
+    try:
+        return bool(json.loads(config.read_text()).get("text_tokens_zero_pad", True))
+    except ValueError as err:
+        raise ValueError(f"{config}: invalid JSON ({err})") from None
+
+
+def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=None, attention=None) -> LongCatVideoDiT:
+    """Build a ``LongCatVideoDiT`` from weights without a random init or a second copy in RAM.
+
+    operations: default ``layers.cast_ops`` (weights cast to the input dtype at use, so fp8 and
+    mixed-dtype files run). The model is built on the meta device and the loaded tensors are
+    assigned into it.
+    """
+    state = load_state_dict(path, dtype=dtype, device=device)
+    config = infer_config(state)
+    model = LongCatVideoDiT(**config, text_tokens_zero_pad=_read_config_flag(path), attention=attention,
+                            device="meta", operations=cast_ops if operations is None else operations)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.requires_grad_(False).eval()
