@@ -1,0 +1,23 @@
+"""The pack's one ComfyUI extension: every node module's NODES (test nodes only on request)."""
+
+import logging
+import os
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import bsa, conditioning, loading, long_video, refinement, sampling, testing
+from .logic import triton_available
+
+log = logging.getLogger(__name__)
+
+
+class LongCatExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        nodes = [*loading.NODES, *bsa.NODES, *sampling.NODES, *conditioning.NODES,
+                 *refinement.NODES, *long_video.NODES]
+        if os.environ.get(testing.TEST_NODES_ENV) == "1":
+            nodes += testing.NODES
+        log.info("LongCat-Video: %d nodes; BSA kernel: %s", len(nodes),
+                 "Triton available" if triton_available()
+                 else "Triton not installed, BSA uses the torch reference")
+        return nodes

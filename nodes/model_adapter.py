@@ -1,0 +1,151 @@
+"""LongCat-Video as a native ComfyUI MODEL: config class, BaseModel subclass, loader.
+
+Follows ComfyUI's three layers (STYLE.md §2): ``LongCatVideoConfig`` declares (latent format
+Wan21, flow sampling with shift 12, dtypes), ``LongCatVideoModel`` turns CONDITIONING into the
+DiT's keyword arguments (``extra_conds``) and applies the sampling convention, and
+``longcat.dit.LongCatVideoDiT`` is the math, built from ``comfy.ops`` operations with ComfyUI's
+``optimized_attention`` injected. ``load_longcat_model`` mirrors
+``comfy.sd.load_diffusion_model_state_dict`` so manual cast, fp8 weights and offload behave as
+for any native model.
+
+Sampling convention (checked against comfy/model_sampling.py ``CONST``): ComfyUI computes
+``denoised = x - sigma * out`` and feeds ``timestep = sigma * 1000``; the official DiT output v
+satisfies ``x0 = x + sigma * v`` (reference/longcat.md 2.3), so the stock-sampler path returns
+``out = -v``. Our own sampler asks for the raw official output through ``RAW_OUTPUT_KEY``.
+"""
+
+import logging
+import math
+from collections import Counter
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+import comfy.utils
+import torch
+from comfy.ldm.modules.attention import optimized_attention
+
+from ..longcat import weights
+from ..longcat.dit import LongCatVideoDiT
+from .logic import pad_text_condition
+
+log = logging.getLogger(__name__)
+
+# transformer_options key: when True, apply_model takes the official 0..1000 timestep (per
+# batch or per latent frame) and returns the DiT's raw official output (and KV cache).
+RAW_OUTPUT_KEY = "longcat_raw_output"
+LONGCAT_SHIFT = 12.0
+
+
+def _build_dit(image_model=None, meta_init=False, dtype=None, device=None, operations=None,
+               **dit_config):
+    """``unet_model`` factory for BaseModel: drops the detection keys, injects attention.
+
+    meta_init: build on the meta device (no memory); the loader assigns the weights.
+    """
+    return LongCatVideoDiT(**dit_config, attention=optimized_attention,
+                           device="meta" if meta_init else device, dtype=dtype,
+                           operations=operations)
+
+
+class LongCatVideoConfig(comfy.supported_models_base.BASE):
+    """Model config: what ComfyUI needs to know to build, sample and offload LongCat-Video."""
+
+    unet_config = {"image_model": "longcat_video"}
+    unet_extra_config = {}
+    sampling_settings = {"shift": LONGCAT_SHIFT, "multiplier": 1000}
+    latent_format = comfy.latent_formats.Wan21
+    # Official inference is bf16; fp16 is unvalidated, fp32 is the fallback for old GPUs.
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+    memory_usage_factor = 4096 / 2222  # scaled like WAN21 (hidden size / 2222)
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return LongCatVideoModel(self, device=device)
+
+
+class LongCatVideoModel(comfy.model_base.BaseModel):
+    """BaseModel for the LongCat DiT (flow matching, ``ModelType.FLOW``)."""
+
+    def __init__(self, model_config, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device,
+                         unet_model=_build_dit)
+
+    def get_dtype(self):
+        dtype = getattr(self.diffusion_model, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        return next(self.diffusion_model.parameters()).dtype
+
+    def extra_conds(self, **kwargs):
+        """CONDITIONING -> DiT kwargs: umT5 states padded to 512 tokens plus their mask."""
+        out = {}
+        cross_attn = kwargs.get("cross_attn", None)
+        if cross_attn is not None:
+            context, mask = pad_text_condition(cross_attn)
+            out["c_crossattn"] = comfy.conds.CONDRegular(context)
+            out["context_mask"] = comfy.conds.CONDRegular(mask)
+        return out
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None,
+                     transformer_options={}, **kwargs):
+        raw = transformer_options.get(RAW_OUTPUT_KEY, False)
+        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
+        device = x.device
+        timestep = t.float() if raw else self.model_sampling.timestep(t).float()
+        context = None
+        if c_crossattn is not None:
+            context = comfy.model_management.cast_to_device(c_crossattn, device, dtype)
+        extra = {}
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                value = comfy.model_management.cast_to_device(value, device, dtype)
+            extra[name] = value
+        out = self.diffusion_model(x.to(dtype), timestep, context,
+                                   transformer_options=transformer_options, **extra)
+        if raw:
+            return out
+        # out is the official v; ComfyUI's CONST sampling wants -v (see module docstring).
+        return self.model_sampling.calculate_denoised(t, -out.float(), x)
+
+
+def _default_weight_dtype(infos: dict, load_device, supported) -> torch.dtype:
+    """ComfyUI's choice for "default": from the parameter count and the file's main dtype."""
+    sizes = Counter()
+    for info in infos.values():
+        sizes[info.dtype] += math.prod(info.shape)
+    return comfy.model_management.unet_dtype(
+        device=load_device, model_params=sum(sizes.values()), supported_dtypes=supported,
+        weight_dtype=sizes.most_common(1)[0][0])
+
+
+def load_longcat_model(path, weight_dtype=None):
+    """ModelPatcher around LongCat-Video weights, as ComfyUI's UNETLoader would build it.
+
+    path: one safetensors file or an official ``dit/`` folder (``longcat.weights``).
+    weight_dtype: None (ComfyUI picks from the device and the file) or a torch dtype, fp8
+    included (stored in fp8, computed in bf16/fp16 through ``comfy.ops`` manual cast).
+    The DiT is built on the meta device and the loaded tensors are assigned into it, so RAM
+    never holds two copies of a 13.6B model.
+    """
+    infos = weights.collect_tensors(path)
+    dit_config = weights.infer_config(infos)
+    dit_config["text_tokens_zero_pad"] = weights._read_config_flag(path)
+    config = LongCatVideoConfig({"image_model": "longcat_video", "meta_init": True, **dit_config})
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    supported = list(config.supported_inference_dtypes)
+    if weight_dtype is None:
+        weight_dtype = _default_weight_dtype(infos, load_device, supported)
+    manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
+    config.set_inference_dtype(weight_dtype, manual_cast)
+    state = weights.load_state_dict(path, dtype=weight_dtype)
+    model = config.get_model(state, "")
+    model.diffusion_model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(offload_device)
+    log.info("LongCat-Video %s: weights %s, compute %s, load %s, offload %s", path, weight_dtype,
+             manual_cast or weight_dtype, load_device, offload_device)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
+                                            offload_device=offload_device)

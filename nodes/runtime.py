@@ -1,0 +1,139 @@
+"""ComfyUI glue for running the model package's pipelines on a LongCat MODEL.
+
+Gives the pipelines what ARCHITECTURE.md promises them: ``dit_fn`` (the loaded DiT forward with
+the MODEL's transformer_options bound, through ``apply_model`` so TorchCompileModel and other
+APPLY_MODEL wrappers apply), ``encode``/``decode`` over a stock VAE, text conditions from
+CONDITIONING, and a ``callback`` that drives ProgressBar, latent previews and Cancel.
+"""
+
+import contextlib
+import logging
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.utils
+import latent_preview
+import torch
+
+from ..longcat.pipelines import TextCondition
+from .logic import BSARunLog, pad_text_condition
+from .model_adapter import RAW_OUTPUT_KEY, LongCatVideoModel
+
+log = logging.getLogger(__name__)
+
+
+def check_longcat(model) -> None:
+    """Raise TypeError unless ``model`` is a MODEL built by Load LongCat-Video Model."""
+    if not isinstance(getattr(model, "model", None), LongCatVideoModel):
+        raise TypeError("model must come from 'Load LongCat-Video Model' (a LongCat-Video MODEL), "
+                        f"got {type(getattr(model, 'model', model)).__name__}")
+
+
+def text_condition(conditioning, device=None) -> TextCondition:
+    """CONDITIONING from CLIPTextEncode (CLIP type wan) → ``TextCondition`` (512 tokens + mask)."""
+    if not conditioning:
+        raise ValueError("conditioning is empty; connect a CLIPTextEncode output")
+    if len(conditioning) > 1:
+        log.warning("LongCat: %d conditioning entries given; only the first is used "
+                    "(area/combine conditioning is not supported)", len(conditioning))
+    context, mask = pad_text_condition(conditioning[0][0])
+    if device is not None:
+        context, mask = context.to(device), mask.to(device)
+    return TextCondition(context, mask)
+
+
+class _DitCaller:
+    """``dit_fn`` for the pipelines: official output of the loaded MODEL at one call."""
+
+    def __init__(self, patcher, options: dict, memory: tuple[int, int]):
+        self.patcher, self.options, self.memory = patcher, options, memory
+
+    def __call__(self, x, timestep, context, **kwargs):
+        # VAE encodes/decodes between denoising loops (refine, long video) may have evicted the
+        # DiT; loading is a no-op when it is still resident.
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=self.memory[0],
+                                               minimum_memory_required=self.memory[1])
+        opts = self.options.copy()
+        timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32)
+        # The DiT gates BSA's step window on the current sigma (largest per-frame value).
+        opts["sigmas"] = (timestep.max() / 1000.0).reshape(1)
+        opts[RAW_OUTPUT_KEY] = True
+        return self.patcher.model.apply_model(x, timestep, c_crossattn=context,
+                                           transformer_options=opts, **kwargs)
+
+
+@contextlib.contextmanager
+def loaded_model(patcher, latent_shape, batch_multiplier: int = 1):
+    """Load ``patcher`` the way ComfyUI's samplers do and yield ``(dit_fn, device, bsa_log)``.
+
+    latent_shape: ``[B, C, T, H, W]`` of one forward without CFG; ``batch_multiplier`` 2 with CFG.
+    Runs the patcher's pre-run/cleanup callbacks; the BSA log collects what BSA did.
+    """
+    check_longcat(patcher)
+    shape = list(latent_shape)
+    full = [shape[0] * batch_multiplier] + shape[1:]
+    memory = (patcher.model.memory_required(full), patcher.model.memory_required(shape))
+    comfy.model_management.load_models_gpu([patcher], memory_required=memory[0],
+                                           minimum_memory_required=memory[1])
+    options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+    opts = options.setdefault("transformer_options", {})
+    comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), patcher.wrappers,
+                                               copy_dict1=False)
+    bsa_log = BSARunLog()
+    opts["longcat_bsa_log"] = bsa_log
+    try:
+        patcher.pre_run()
+        yield _DitCaller(patcher, opts, memory), patcher.load_device, bsa_log
+    finally:
+        patcher.cleanup()
+
+
+def model_dtype(patcher) -> torch.dtype:
+    """The dtype activations run in (manual-cast dtype for fp8 weights)."""
+    base = patcher.model
+    return base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
+
+
+def progress_callback(patcher, total: int):
+    """Pipeline ``callback(step, steps, x0_preview)``: ProgressBar, preview and Cancel per step.
+
+    Counts calls rather than trusting ``step``, so one bar spans several denoising loops (long
+    video: t2v, each segment, each refinement window) when ``total`` is their sum.
+    """
+    previewer = latent_preview.get_previewer(patcher.load_device, patcher.model.latent_format)
+    pbar = comfy.utils.ProgressBar(total)
+    done = [0]
+
+    def callback(step, steps, x0_preview=None):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        done[0] += 1
+        preview = None
+        if previewer is not None and x0_preview is not None:
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0_preview)
+        pbar.update_absolute(min(done[0], total), total, preview)
+
+    return callback
+
+
+class VaeCodec:
+    """``encode``/``decode`` over a stock Wan 2.1 VAE in the DiT's normalized latent space.
+
+    encode: frames ``[F, H, W, 3]`` in [0, 1] → normalized ``[1, 16, T, H/8, W/8]`` on ``device``.
+    ComfyUI's Wan VAE returns the posterior mean where the official pipeline samples the
+    posterior; the difference is the VAE's (small) posterior noise.
+    decode: normalized latent → frames ``[F, H, W, 3]`` in [0, 1] on the intermediate device.
+    """
+
+    def __init__(self, vae, latent_format, device):
+        self.vae, self.latent_format, self.device = vae, latent_format, device
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        raw = self.vae.encode(frames[..., :3])
+        return self.latent_format.process_in(raw.to(self.device, torch.float32))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        images = self.vae.decode(self.latent_format.process_out(latent.float()))
+        return images.reshape(-1, *images.shape[-3:])

@@ -1,0 +1,48 @@
+"""Test-only nodes, registered only when the environment sets ``LONGCAT_TEST_NODES=1``.
+
+``LongCatTestTextEncode`` stands in for the 5.7B umT5 text encoder in end-to-end tests: it makes
+CONDITIONING shaped like ComfyUI's Wan text encoder output (``[1, 512, 4096]``, real tokens
+first, padded positions zero) from a deterministic random draw seeded by the prompt.
+"""
+
+import zlib
+
+import torch
+from comfy_api.latest import io
+
+from .logic import TEXT_TOKENS
+
+TEST_NODES_ENV = "LONGCAT_TEST_NODES"
+
+
+def fake_text_states(text: str, tokens: int, channels: int = 4096) -> torch.Tensor:
+    """``[1, 512, channels]``: ``tokens`` deterministic random rows for ``text``, then zeros."""
+    generator = torch.Generator("cpu").manual_seed(zlib.crc32(text.encode("utf-8")))
+    states = torch.zeros(1, TEXT_TOKENS, channels)
+    states[:, :tokens] = torch.randn(1, tokens, channels, generator=generator)
+    return states
+
+
+class LongCatTestTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LongCatTestTextEncode",
+            display_name="LongCat Test Text Encode (tests only)",
+            category="LongCat/testing",
+            description="Deterministic stand-in for CLIPTextEncode (umT5) in tests.",
+            inputs=[
+                io.String.Input("text", multiline=True, default="",
+                                tooltip="Prompt; only seeds the random states."),
+                io.Int.Input("tokens", default=8, min=1, max=TEXT_TOKENS,
+                             tooltip="How many leading positions are real (non-zero) tokens."),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="CONDITIONING shaped like umT5's.")],
+        )
+
+    @classmethod
+    def execute(cls, text: str, tokens: int) -> io.NodeOutput:
+        return io.NodeOutput([[fake_text_states(text, tokens), {}]])
+
+
+NODES = [LongCatTestTextEncode]
