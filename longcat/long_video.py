@@ -12,9 +12,9 @@ from typing import Sequence
 
 import torch
 
+from .frames import REFINE_SIZE
 from .pipelines import TextCondition, continue_video, text_to_video
 from .refine import refine
-from .frames import REFINE_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,11 @@ def long_video(dit_fn, encode, decode, prompts: Sequence[TextCondition], negativ
     """Stage 1 (``generate_long_video``), then, with ``refine_dit_fn`` (the DiT with the refinement
     LoRA and BSA), ``refine_long_video`` with ``refine_prompt``. ``stage1``: keyword arguments of
     ``generate_long_video``; its generator and callback are reused for refinement."""
+    if refine_dit_fn is not None and refine_prompt is None:
+        raise ValueError("refine_prompt is required with refine_dit_fn (official: the empty prompt)")
     frames = generate_long_video(dit_fn, encode, decode, prompts, negative, **stage1)
     if refine_dit_fn is None:
         return frames
-    if refine_prompt is None:
-        raise ValueError("refine_prompt is required with refine_dit_fn (official: the empty prompt)")
     return refine_long_video(refine_dit_fn, encode, decode, frames, refine_prompt,
                              window=stage1.get("num_frames", 93), num_cond_frames=stage1.get("num_cond_frames", 13),
                              height=refine_height, width=refine_width, generator=stage1.get("generator"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .frames import REFINE_MULTIPLE, REFINE_SIZE, VAE_SPATIAL, RefinePlan, check_size, refine_plan
+from .frames import REFINE_MULTIPLE, REFINE_SIZE, VAE_SPATIAL, RefinePlan, check_size, pixel_frames, refine_plan
 from .pipelines import LATENT_CHANNELS, TextCondition, denoise, fit_frames, make_noise
 from .schedules import refine_sigmas
 
@@ -118,7 +118,8 @@ def refine(dit_fn, encode, decode, stage1_frames: torch.Tensor, positive: TextCo
     frames = None
     if decode is not None:
         decoded = decode(latent)
-        if decoded.shape[0] != plan.frames_encoded:
-            raise ValueError(f"decode returned {decoded.shape[0]} frames, expected {plan.frames_encoded}")
+        expect = pixel_frames(plan.latent_frames)  # ≥ add_front + new_frames by construction
+        if decoded.shape[0] != expect:
+            raise ValueError(f"decode returned {decoded.shape[0]} frames, expected {expect}")
         frames = decoded[plan.add_front: plan.add_front + plan.new_frames]
     return RefineResult(latent=latent, frames=frames, plan=plan)

@@ -8,7 +8,7 @@ from longcat_pack.longcat.guidance import cfg_zero_star, euler_step, round_times
 from longcat_pack.longcat.pipelines import (
     TextCondition, continue_video, denoise, image_to_video, make_dit_fn, text_to_video,
 )
-from longcat_pack.longcat.schedules import distill_sigmas, enhance_hf_sigmas, normal_sigmas
+from longcat_pack.longcat.schedules import distill_sigmas, normal_sigmas
 from longcat_pack.longcat.standin_vae import standin_encode
 
 L, CAP = 6, 32  # text tokens, caption channels (tiny)
@@ -186,5 +186,5 @@ def test_real_dit_t2v_and_i2v_run():
     assert lat.shape == (1, 16, 3, 4, 4) and torch.isfinite(lat).all()
     image = torch.rand(1, 32, 32, 3, generator=gen)
     lat = image_to_video(dit_fn, standin_encode, image, _rand_text(0), _rand_text(1), height=32, width=32,
-                         num_frames=9, sigmas=enhance_hf_sigmas(2), generator=gen)
+                         num_frames=9, sigmas=normal_sigmas(2), generator=gen)
     assert torch.equal(lat[:, :, :1], standin_encode(image)) and torch.isfinite(lat).all()
