@@ -188,3 +188,19 @@ def test_real_dit_t2v_and_i2v_run():
     lat = image_to_video(dit_fn, standin_encode, image, _rand_text(0), _rand_text(1), height=32, width=32,
                          num_frames=9, sigmas=normal_sigmas(2), generator=gen)
     assert torch.equal(lat[:, :, :1], standin_encode(image)) and torch.isfinite(lat).all()
+
+
+def test_demo_script_writes_previews(tmp_path, capsys):
+    import importlib.util
+    import struct
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+    spec = importlib.util.spec_from_file_location("longcat_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    result = demo.main(["--out", str(tmp_path), "--steps", "2", "--backend", "torch"])
+    assert result["refined"].shape == (18, 128, 128, 3) and len(result["bsa_reports"]) == 10
+    png = (tmp_path / "refined.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (9 * 128, 2 * 128)
+    assert "BSA: 10 calls, backend torch" in capsys.readouterr().out
