@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 VAE_TEMPORAL = 4
 VAE_SPATIAL = 8
+LATENT_CHANNELS = 16  # Wan 2.1 VAE latent channels
 # Refinement pads latent T of the conditioning and the noise parts to multiples of this
 # (the official ``bsa_latent_granularity``, equal to the temporal BSA chunk).
 REFINE_LATENT_GRANULARITY = 4

@@ -8,7 +8,7 @@ is conditioned on the previous refined window's last overlap frames. No ComfyUI 
 """
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,7 +47,7 @@ def generate_long_video(dit_fn, encode, decode, prompts: Sequence[TextCondition]
     t2v schedule and the ``enhance_hf`` continuation schedule.
     """
     clips = segment_prompts(prompts, num_segments)
-    common = dict(guidance_scale=guidance_scale, generator=generator, device=device, callback=callback)
+    common = {"guidance_scale": guidance_scale, "generator": generator, "device": device, "callback": callback}
     latent = text_to_video(dit_fn, clips[0], negative, height=height, width=width, num_frames=num_frames,
                            sigmas=t2v_sigmas, **common)
     current = _check_decoded(decode(latent), num_frames, "the text-to-video clip")

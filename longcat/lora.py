@@ -21,8 +21,8 @@ Imports torch and safetensors only (no ComfyUI).
 """
 
 import re
-from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -39,9 +39,8 @@ _ROLE_ALIASES = {"lora_A.weight": "down", "lora_B.weight": "up", "lora_down.weig
                  "lora_up.weight": "up", "alpha": "alpha", "alpha_scale": "alpha_scale"}
 
 
-@dataclass(frozen=True)
-class LoraDelta:
-    """One weight's low-rank update ``ΔW = scale · up @ down``.
+class LoraDelta(NamedTuple):
+    """One weight's low-rank update ``ΔW = scale · up @ down``; unpacks as ``(up, down, scale)``.
 
     up: ``[out, R]`` (block-diagonal for split official up-projections); down: ``[R, in]``;
     scale: float (official ``alpha_scale``, or ``alpha / R``).

@@ -6,25 +6,31 @@ Callers supply ``dit_fn`` (the DiT forward with ``transformer_options`` bound, s
 from ``schedules``, the sampling conventions from ``guidance``; this module owns only the loop.
 Refinement is in ``refine.py``, long videos in ``long_video.py``. No ComfyUI import.
 
-Deliberate deviations from the official pipelines (reference §10), each tested in
-``tests/longcat/test_pipelines.py``: latents stay fp32 between steps on every path (official vc
-without cache keeps bf16); CFG-Zero* is per sample (official breaks for B > 1); the caller's
-latents are never modified in place; noise comes from an explicit ``torch.Generator``.
+Deliberate deviations from the official pipelines (reference §10), pinned by
+``tests/longcat/test_pipelines.py`` and ``test_guidance.py``: latents stay fp32 between steps on
+every path (official vc without cache keeps bf16); CFG-Zero* is per sample (official breaks for
+B > 1); the caller's latents are never modified in place; noise comes from an explicit
+``torch.Generator``.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from .frames import VAE_SPATIAL, check_size, latent_frames, round_frames
+from .frames import (
+    LATENT_CHANNELS,
+    VAE_SPATIAL,
+    check_size,
+    latent_frames,
+    round_frames,
+)
 from .guidance import cfg_zero_star, euler_step, predicted_x0, round_timestep_bf16
 from .schedules import NUM_TRAIN_TIMESTEPS, enhance_hf_sigmas, normal_sigmas
 
 logger = logging.getLogger(__name__)
 
-LATENT_CHANNELS = 16
 Callback = Callable[[int, int, torch.Tensor], None]
 
 

@@ -17,8 +17,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .frames import REFINE_MULTIPLE, REFINE_SIZE, VAE_SPATIAL, RefinePlan, check_size, pixel_frames, refine_plan
-from .pipelines import LATENT_CHANNELS, TextCondition, denoise, fit_frames, make_noise
+from .frames import (
+    LATENT_CHANNELS,
+    REFINE_MULTIPLE,
+    REFINE_SIZE,
+    VAE_SPATIAL,
+    RefinePlan,
+    check_size,
+    pixel_frames,
+    refine_plan,
+)
+from .pipelines import TextCondition, denoise, fit_frames, make_noise
 from .schedules import refine_sigmas
 
 

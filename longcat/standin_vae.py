@@ -10,9 +10,13 @@ the real VAE: ``[F, H, W, 3]`` in [0, 1] ↔ ``[1, 16, 1 + (F−1)//4, H/8, W/8]
 import torch
 import torch.nn.functional as F
 
-from .frames import VAE_SPATIAL, VAE_TEMPORAL, latent_frames, pixel_frames
-
-LATENT_CHANNELS = 16
+from .frames import (
+    LATENT_CHANNELS,
+    VAE_SPATIAL,
+    VAE_TEMPORAL,
+    latent_frames,
+    pixel_frames,
+)
 
 
 def standin_encode(frames: torch.Tensor) -> torch.Tensor:

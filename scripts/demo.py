@@ -6,7 +6,7 @@ time and space with block-sparse attention on (``BSASettings`` in ``transformer_
 using a stand-in VAE (8×8 average pooling + 4-frame grouping) for the frame ↔ latent
 bookkeeping. Writes contact-sheet PNG previews and prints a summary with the BSA report.
 
-    python scripts/demo.py [--out demo_out] [--backend auto|torch|triton] [--device cpu]
+    python scripts/demo.py [--out out/demo] [--backend auto|torch|triton] [--device cpu]
 
 The output is noise-like (random weights); the point is that every stage runs end to end.
 """
@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack  # noqa: E402
+from _standalone import import_pack
 
 import_pack()
-from longcat_pack.longcat.bsa_settings import BSASettings  # noqa: E402
-from longcat_pack.longcat.dit import LongCatVideoDiT  # noqa: E402
-from longcat_pack.longcat.pipelines import TextCondition, make_dit_fn, text_to_video  # noqa: E402
-from longcat_pack.longcat.refine import refine  # noqa: E402
-from longcat_pack.longcat.schedules import normal_sigmas  # noqa: E402
-from longcat_pack.longcat.standin_vae import standin_decode, standin_encode  # noqa: E402
+from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.dit import LongCatVideoDiT
+from longcat_pack.longcat.pipelines import TextCondition, make_dit_fn, text_to_video
+from longcat_pack.longcat.refine import refine
+from longcat_pack.longcat.schedules import normal_sigmas
+from longcat_pack.longcat.standin_vae import standin_decode, standin_encode
 
 CAPTION = 32      # tiny stand-in for umT5's 4096 channels
 TEXT_TOKENS = 16
@@ -96,7 +96,7 @@ def contact_sheet(frames: torch.Tensor, columns: int = 9) -> torch.Tensor:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the preview PNGs")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the preview PNGs")
     parser.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="BSA backend")
     parser.add_argument("--device", default="cpu", help="torch device for the model and latents")
     parser.add_argument("--steps", type=int, default=8, help="stage-1 sampling steps (official: 50)")

@@ -1,9 +1,12 @@
 """Frame ↔ latent counts and the refine padding table of reference §3.6."""
 
 import pytest
-
 from longcat_pack.longcat.frames import (
-    check_size, latent_frames, pixel_frames, refine_plan, round_frames,
+    check_size,
+    latent_frames,
+    pixel_frames,
+    refine_plan,
+    round_frames,
 )
 
 

@@ -2,8 +2,12 @@
 
 import pytest
 import torch
-
-from longcat_pack.longcat.guidance import cfg_zero_star, euler_step, predicted_x0, round_timestep_bf16
+from longcat_pack.longcat.guidance import (
+    cfg_zero_star,
+    euler_step,
+    predicted_x0,
+    round_timestep_bf16,
+)
 
 
 def _official_b1(cond, uncond, g):

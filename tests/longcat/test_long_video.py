@@ -1,10 +1,15 @@
 """Long video: segment count, per-segment prompts, frame bookkeeping, refinement windows."""
 
+import itertools
+
 import pytest
 import torch
-
 from longcat_pack.longcat.long_video import (
-    generate_long_video, long_video, refine_long_video, refine_windows, segment_prompts,
+    generate_long_video,
+    long_video,
+    refine_long_video,
+    refine_windows,
+    segment_prompts,
 )
 from longcat_pack.longcat.pipelines import TextCondition
 from longcat_pack.longcat.schedules import normal_sigmas
@@ -33,7 +38,7 @@ class PromptRecorder:
 def test_refine_windows_official_counts():
     windows = refine_windows(93 + 11 * 80)
     assert len(windows) == 12 and windows[0] == (0, 93) and windows[-1] == (880, 973)
-    assert all(b[0] - a[0] == 80 for a, b in zip(windows, windows[1:]))
+    assert all(b[0] - a[0] == 80 for a, b in itertools.pairwise(windows))
     assert refine_windows(93) == [(0, 93)]
     assert refine_windows(100) == [(0, 93), (80, 100)]
     with pytest.raises(ValueError):

@@ -2,9 +2,11 @@
 
 import pytest
 import torch
-
 from longcat_pack.longcat.lora import (
-    LoraDelta, merge_lora, parse_lora, to_comfy_lora_state_dict,
+    LoraDelta,
+    merge_lora,
+    parse_lora,
+    to_comfy_lora_state_dict,
 )
 
 C, FFN = 64, 192  # tiny hidden size and SwiGLU width; head layout does not matter for LoRA
@@ -174,6 +176,8 @@ def test_errors():
         merge_lora({}, parse_lora(sd))
 
 
-def test_delta_dataclass_rank():
+def test_delta_tuple_contract():
     d = LoraDelta(up=torch.ones(3, 2), down=torch.ones(2, 5), scale=0.5)
     assert d.rank == 2 and d.weight().shape == (3, 5) and float(d.weight()[0, 0]) == 1.0
+    up, down, scale = d  # ARCHITECTURE.md: {weight_key: (up, down, scale)}
+    assert up.shape == (3, 2) and down.shape == (2, 5) and scale == 0.5

@@ -2,11 +2,15 @@
 
 import pytest
 import torch
-
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.guidance import cfg_zero_star, euler_step, round_timestep_bf16
 from longcat_pack.longcat.pipelines import (
-    TextCondition, continue_video, denoise, image_to_video, make_dit_fn, text_to_video,
+    TextCondition,
+    continue_video,
+    denoise,
+    image_to_video,
+    make_dit_fn,
+    text_to_video,
 )
 from longcat_pack.longcat.schedules import distill_sigmas, normal_sigmas
 from longcat_pack.longcat.standin_vae import standin_encode
@@ -27,9 +31,9 @@ class FakeDiT:
 
     def __call__(self, x, timestep, context, context_mask=None, num_cond_latents=0, kv_cache=None,
                  return_kv=False, skip_cross_attn=False, **extra):
-        self.calls.append(dict(x=x.clone(), timestep=timestep.clone(), context=context, mask=context_mask,
-                               num_cond_latents=num_cond_latents, kv_cache=kv_cache, return_kv=return_kv,
-                               skip_cross_attn=skip_cross_attn, extra=extra))
+        self.calls.append({"x": x.clone(), "timestep": timestep.clone(), "context": context, "mask": context_mask,
+                               "num_cond_latents": num_cond_latents, "kv_cache": kv_cache, "return_kv": return_kv,
+                               "skip_cross_attn": skip_cross_attn, "extra": extra})
         bias = 0.0 if context is None else context.float().mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
         out = -0.5 * x.float() + bias
         return (out, {0: (torch.ones(1), torch.ones(1))}) if return_kv else out
@@ -62,6 +66,8 @@ def test_no_cfg_single_forward_and_missing_negative():
     fake = FakeDiT()
     denoise(fake, _noise(), distill_sigmas(3), _text(1.0), guidance_scale=1.0)
     assert [c["x"].shape[0] for c in fake.calls] == [1, 1, 1] and fake.calls[0]["mask"] is None
+    # Latents stay fp32 between steps whatever the input dtype (official vc no-cache keeps bf16).
+    assert denoise(FakeDiT(), _noise().bfloat16(), distill_sigmas(3), _text(1.0)).dtype == torch.float32
     with pytest.raises(ValueError, match="negative is required"):
         denoise(fake, _noise(), distill_sigmas(3), _text(1.0), guidance_scale=2.0)
     with pytest.raises(ValueError, match="terminal 0"):

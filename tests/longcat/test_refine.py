@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from longcat_pack.longcat.bsa_settings import BSASettings
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.pipelines import TextCondition, make_dit_fn

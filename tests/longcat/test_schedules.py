@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from longcat_pack.longcat import schedules as S
 
 
