@@ -109,7 +109,7 @@ class SelfAttention(nn.Module):
         cache: None or this block's cached conditioning (k, v) ``[1 or B, heads, Tc·H·W, D]``
         (pre-RoPE, any device), placed in front of this call's keys.
         """
-        b, n, c = x.shape
+        b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
@@ -179,7 +179,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, text: TextInputs, opts: dict) -> torch.Tensor:
         """x ``[B, N, C]`` → ``[B, N, C]``; each item's queries attend to its own text tokens."""
-        b, n, c = x.shape
+        b, n, _ = x.shape
         heads, d = self.num_heads, self.head_dim
         q = self.q_norm(self.q_linear(x).view(b, n, heads, d)).transpose(1, 2)
         k, v = self.kv_linear(text.y).view(b, -1, 2, heads, d).unbind(2)
@@ -187,11 +187,12 @@ class CrossAttention(nn.Module):
         if text.keep is None:
             out = self.attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
         else:
-            out = torch.cat([self._one(q[i : i + 1], k[i : i + 1], v[i : i + 1], text.keep[i], opts) for i in range(b)])
+            out = torch.cat([self._one(q[i:i + 1], k[i:i + 1], v[i:i + 1], text.keep[i], opts) for i in range(b)])
         return self.proj(out)
 
     def _one(self, q, k, v, keep: torch.Tensor, opts: dict) -> torch.Tensor:
         """One item over its kept text tokens (the official varlen call); no tokens → zero output."""
         if not bool(keep.any()):
             return q.new_zeros(1, q.shape[2], self.num_heads * self.head_dim)
-        return self.attention(q, k[:, :, keep], v[:, :, keep], self.num_heads, skip_reshape=True, transformer_options=opts)
+        return self.attention(q, k[:, :, keep], v[:, :, keep], self.num_heads, skip_reshape=True,
+                              transformer_options=opts)

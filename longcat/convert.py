@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .weights import SAFETENSORS_DTYPES, cast_tensor, check_keys, collect_tensors, infer_config, storage_dtype
+from .weights import (
+    SAFETENSORS_DTYPES,
+    cast_tensor,
+    check_keys,
+    collect_tensors,
+    infer_config,
+    storage_dtype,
+)
 
 logger = logging.getLogger(__name__)
 

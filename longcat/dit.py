@@ -12,10 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import CrossAttention, SelfAttention, SelfAttnPlan, TextInputs, sdpa_attention
+from .attention import (
+    CrossAttention,
+    SelfAttention,
+    SelfAttnPlan,
+    TextInputs,
+    sdpa_attention,
+)
 from .layers import (
-    NORM_EPS, CaptionEmbedder, FinalLayer, PatchEmbed3D, SwiGLU, TimestepEmbedder,
-    layer_norm_fp32, linear_fp32, modulate,
+    NORM_EPS,
+    CaptionEmbedder,
+    FinalLayer,
+    PatchEmbed3D,
+    SwiGLU,
+    TimestepEmbedder,
+    layer_norm_fp32,
+    linear_fp32,
+    modulate,
 )
 from .rope import RopeCache
 
@@ -202,7 +215,8 @@ class LongCatVideoDiT(nn.Module):
         elif ts.shape[1] == cached + t and cached:
             ts = ts[:, cached:]
         if ts is None or tuple(ts.shape) not in ((b, t), (1, t)):
-            raise ValueError(f"timestep must be [B], [B, T] or [B, Tc+T] for B={b}, T={t}, got {tuple(torch.as_tensor(timestep).shape)}")
+            raise ValueError(f"timestep must be [B], [B, T] or [B, Tc+T] for B={b}, T={t}, "
+                             f"got {tuple(torch.as_tensor(timestep).shape)}")
         ts = ts.expand(b, t).clone()
         ts[:, :cond] = 0.0  # clean conditioning frames are always at t = 0
         return ts.to(torch.bfloat16).float()

@@ -35,7 +35,8 @@ _KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.",
 # Keys that identify other families, for a helpful "this is not LongCat" message.
 _OTHER_FAMILIES = {
     "blocks.0.self_attn.q.weight": "Wan 2.x", "patch_embedding.weight": "Wan 2.x",
-    "double_blocks.0.img_attn.qkv.weight": "Flux/HunyuanVideo", "transformer_blocks.0.attn1.to_q.weight": "a diffusers model",
+    "double_blocks.0.img_attn.qkv.weight": "Flux/HunyuanVideo",
+    "transformer_blocks.0.attn1.to_q.weight": "a diffusers model",
     "joint_blocks.0.x_block.attn.qkv.weight": "SD3", "input_blocks.0.0.weight": "an SD/SDXL UNet",
 }
 _SIGNATURE = ("x_embedder.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.cross_attn.kv_linear.weight",

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack  # noqa: E402
+from _standalone import import_pack
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from longcat_pack.longcat import dit as dit_module
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.layers import cast_ops, linear_fp32, timestep_features
@@ -140,7 +139,7 @@ def reference_forward(sd, x, t, ctx, mask, zero_pad=True, n_cond=0, heads=2):
         return v[:, :, None, :].expand(b, nt, hw, v.shape[-1]).reshape(b, n, -1)
 
     for i in range(depth):
-        p = lambda name: sd[f"blocks.{i}.{name}"]  # noqa: E731
+        p = {k[len(f"blocks.{i}."):]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}.__getitem__
         mod = F.linear(F.silu(temb), p("adaLN_modulation.1.weight"), p("adaLN_modulation.1.bias"))
         sh_a, sc_a, g_a, sh_f, sc_f, g_f = (per_frame(m) for m in mod.split(c, dim=-1))
         h = F.layer_norm(xs, (c,), eps=1e-6) * (1 + sc_a) + sh_a
@@ -150,8 +149,8 @@ def reference_forward(sd, x, t, ctx, mask, zero_pad=True, n_cond=0, heads=2):
         o = _softmax_attn(q, k, qkv[2], allowed).transpose(1, 2).reshape(b, n, c)
         xs = xs + g_a * F.linear(o, p("attn.proj.weight"), p("attn.proj.bias"))
         h = F.layer_norm(xs, (c,), p("pre_crs_attn_norm.weight"), p("pre_crs_attn_norm.bias"), eps=1e-6)
-        q = _rms(F.linear(h, p("cross_attn.q_linear.weight"), p("cross_attn.q_linear.bias")).reshape(b, n, heads, d),
-                 p("cross_attn.q_norm.weight")).transpose(1, 2)
+        q = F.linear(h, p("cross_attn.q_linear.weight"), p("cross_attn.q_linear.bias")).reshape(b, n, heads, d)
+        q = _rms(q, p("cross_attn.q_norm.weight")).transpose(1, 2)
         kv = F.linear(y, p("cross_attn.kv_linear.weight"), p("cross_attn.kv_linear.bias")).reshape(b, -1, 2, heads, d)
         k = _rms(kv[:, :, 0], p("cross_attn.k_norm.weight")).transpose(1, 2)
         v = kv[:, :, 1].transpose(1, 2)
@@ -258,7 +257,7 @@ def test_modulation_is_per_frame():
         for blk in model.blocks:
             blk.attn.proj.weight.zero_()  # cut token mixing: frames no longer interact
             blk.attn.proj.bias.zero_()
-    x, ctx, mask = inputs(b=1)
+    x, ctx, _ = inputs(b=1)
     with torch.no_grad():
         a = model(x, torch.tensor([[100.0, 200.0, 300.0]]), ctx)
         b = model(x, torch.tensor([[100.0, 200.0, 900.0]]), ctx)

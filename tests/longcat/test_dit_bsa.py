@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from longcat_pack.longcat import attention as attention_module
 from longcat_pack.longcat.bsa_settings import BSASettings
 from longcat_pack.longcat.dit import LongCatVideoDiT

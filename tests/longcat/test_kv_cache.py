@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from longcat_pack.longcat.dit import LongCatVideoDiT
 
 TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,

@@ -2,8 +2,13 @@
 
 import pytest
 import torch
-
-from longcat_pack.longcat.rope import RopeCache, apply_rope, rope_axis_dims, rope_table, rotate_pairs
+from longcat_pack.longcat.rope import (
+    RopeCache,
+    apply_rope,
+    rope_axis_dims,
+    rope_table,
+    rotate_pairs,
+)
 
 
 def test_axis_split_published_and_general():

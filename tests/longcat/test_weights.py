@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from longcat_pack.longcat import weights
 from longcat_pack.longcat.dit import LongCatVideoDiT
+from safetensors.torch import save_file
 
 TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,
             adaln_tembed_dim=32, frequency_embedding_size=16)
