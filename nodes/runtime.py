@@ -49,7 +49,7 @@ class _DitCaller:
     def __init__(self, patcher, options: dict, memory: tuple[int, int]):
         self.patcher, self.options, self.memory = patcher, options, memory
 
-    def __call__(self, x, timestep, context, **kwargs):
+    def __call__(self, x, timestep, context, context_mask=None, **kwargs):
         # VAE encodes/decodes between denoising loops (refine, long video) may have evicted the
         # DiT; loading is a no-op when it is still resident.
         comfy.model_management.load_models_gpu([self.patcher], memory_required=self.memory[0],
@@ -60,7 +60,8 @@ class _DitCaller:
         opts["sigmas"] = (timestep.max() / 1000.0).reshape(1)
         opts[RAW_OUTPUT_KEY] = True
         return self.patcher.model.apply_model(x, timestep, c_crossattn=context,
-                                           transformer_options=opts, **kwargs)
+                                              transformer_options=opts,
+                                              context_mask=context_mask, **kwargs)
 
 
 @contextlib.contextmanager

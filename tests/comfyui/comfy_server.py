@@ -1,0 +1,144 @@
+"""Start a headless CPU ComfyUI with this pack and talk to it (tests and scripts, no pytest).
+
+Used by ``tests/comfyui/conftest.py`` (the ``comfy_server`` fixture) and
+``scripts/record_object_info.py``. ComfyUI runs from ``COMFYUI_DIR`` with the Python given by
+``COMFY_PYTHON`` (default: the current interpreter, which must have ComfyUI's requirements).
+Everything it writes goes under a throw-away ``--base-directory``.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[2]
+PACK_FOLDER = "ComfyUI-LongCat-Video"
+# Combo inputs of our nodes that list model files; normalized to [] when snapshots are compared.
+FILE_INPUTS = {"LongCatModelLoader": ("model_name",), "LongCatLoRA": ("lora_name",)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    """A running ComfyUI: ``url``, ``base_dir``, ``log_path``; HTTP helpers for the API."""
+
+    def __init__(self, comfyui_dir, base_dir, extra_env=None, python=None):
+        self.comfyui_dir = Path(comfyui_dir)
+        self.base_dir = Path(base_dir)
+        self.log_path = self.base_dir / "comfyui.log"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.python = python or os.environ.get("COMFY_PYTHON") or sys.executable
+        self.env = {**os.environ, **(extra_env or {})}
+        self.proc = None
+
+    def link_pack(self) -> None:
+        nodes_dir = self.base_dir / "custom_nodes"
+        nodes_dir.mkdir(parents=True, exist_ok=True)
+        link = nodes_dir / PACK_FOLDER
+        if not link.exists():
+            link.symlink_to(PACK_ROOT, target_is_directory=True)
+
+    def start(self, timeout: float = 300.0) -> "ComfyServer":
+        self.link_pack()
+        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch", "--preview-method", "auto"]
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited during start-up:\n{self.log_tail()}")
+            try:
+                self.get("/object_info/KSampler")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(1.0)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read()
+                return response.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def queue_prompt(self, prompt: dict) -> str:
+        """POST an API-format prompt; raises AssertionError with ComfyUI's errors if rejected."""
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "longcat-tests"})
+        if status != 200:
+            raise AssertionError(f"/prompt rejected ({status}): {json.dumps(body, indent=1)}")
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        """History entry of ``prompt_id`` once it finished (success or error)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            entry = history.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
+        """Queue ``prompt``, wait, and assert it succeeded; returns the history entry."""
+        entry = self.wait(self.queue_prompt(prompt), timeout)
+        status = entry["status"]
+        if status.get("status_str") != "success":
+            raise AssertionError(f"prompt failed: {json.dumps(status.get('messages'), indent=1)}"
+                                 f"\n{self.log_tail()}")
+        return entry
+
+
+def our_node_info(object_info: dict) -> dict:
+    """The pack's entries of ``/object_info`` (test-only nodes excluded), file lists emptied."""
+    ours = {}
+    for name, info in object_info.items():
+        if not name.startswith("LongCat") or info.get("category", "").startswith("LongCat/testing"):
+            continue
+        info = json.loads(json.dumps(info))
+        for field in FILE_INPUTS.get(name, ()):
+            spec = info["input"]["required"][field]
+            if isinstance(spec[0], list):
+                spec[0] = []
+            else:
+                spec[1]["options"] = []
+        ours[name] = info
+    return ours

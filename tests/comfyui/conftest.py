@@ -1,0 +1,53 @@
+"""Real-ComfyUI test setup: one CPU ComfyUI server per session with the pack and tiny models.
+
+Runs only when ``COMFYUI_DIR`` points at a ComfyUI tree; pytest must then run with a Python
+that has ComfyUI's requirements (or set ``COMFY_PYTHON``). Without ``COMFYUI_DIR`` every test
+here is skipped and the terminal summary says so in a warning line.
+
+Fixture ``comfy_server`` (session): a started ``comfy_server.ComfyServer`` whose base
+directory holds the pack (symlinked into custom_nodes/), the ``tiny_models.TINY`` models and the test-only
+text node (``LONGCAT_TEST_NODES=1``).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_server import ComfyServer  # noqa: E402
+import tiny_models  # noqa: E402
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+SKIP_REASON = ("COMFYUI_DIR is not set: the real-ComfyUI tests did NOT run. Set COMFYUI_DIR to a "
+               "ComfyUI tree and run pytest with a Python that has ComfyUI's requirements.")
+
+_skipped = []
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    if not COMFYUI_DIR:
+        _skipped.append(True)
+        pytest.skip(SKIP_REASON)
+    base = tmp_path_factory.mktemp("comfy_base")
+    subprocess.run([os.environ.get("COMFY_PYTHON") or sys.executable, tiny_models.__file__,
+                    str(base / "models")], cwd=COMFYUI_DIR, check=True)
+    server = ComfyServer(COMFYUI_DIR, base, extra_env={"LONGCAT_TEST_NODES": "1"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server):
+    return comfy_server.get("/object_info")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped:
+        terminalreporter.write_line(f"WARNING: {SKIP_REASON}", yellow=True, bold=True)

@@ -1,0 +1,205 @@
+"""A real ComfyUI server loads the pack, lists our nodes as recorded, and runs them end to end.
+
+Prompts are API format, built here; models are the tiny ones from ``tiny_models.py``.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from comfy_server import PACK_FOLDER, our_node_info
+from tiny_models import TINY
+
+pytestmark = pytest.mark.comfyui
+
+SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "object_info.json"
+OUR_NODES = {"LongCatModelLoader", "LongCatLoRA", "LongCatBSASettings", "LongCatScheduler",
+             "LongCatImageToVideo", "LongCatContinueVideo", "LongCatSampler", "LongCatRefine720p",
+             "LongCatLongVideo"}
+STAGE1 = {"width": 64, "height": 32}  # latent 4x8, token grid 2x4
+REFINE = {"width": 128, "height": 64}  # multiples of 64: token grid 4x8, BSA chunk 4x4x4 fits
+
+
+def test_pack_imports_without_error(comfy_server, object_info):
+    log = comfy_server.log_text()
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_FOLDER in line]
+    assert not failed, "\n".join(failed)
+    assert OUR_NODES | {"LongCatTestTextEncode"} <= set(object_info)
+
+
+def test_object_info_matches_snapshot(object_info):
+    recorded = json.loads(SNAPSHOT.read_text())
+    recorded_ours = {k: v for k, v in recorded.items() if k.startswith("LongCat")}
+    live = our_node_info(object_info)
+    assert set(live) == OUR_NODES
+    for name in OUR_NODES:
+        assert live[name] == recorded_ours.get(name), (
+            f"{name} differs from tests/data/object_info.json; rerun scripts/record_object_info.py")
+
+
+def test_every_input_and_output_has_a_tooltip(object_info):
+    for name in OUR_NODES:
+        info = object_info[name]
+        for group in ("required", "optional"):
+            for field, spec in info["input"].get(group, {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{field} has no tooltip"
+        assert all(info["output_tooltips"]), f"{name} has an output without a tooltip"
+        assert info["category"] == "LongCat"
+
+
+def _text(node_id, text, tokens=8):
+    return {node_id: {"class_type": "LongCatTestTextEncode", "inputs": {"text": text, "tokens": tokens}}}
+
+
+def _base(extra=None):
+    """Loader, prompts, VAE: nodes 1 (MODEL), 2 (+), 3 (-), 6 (VAE)."""
+    prompt = {
+        "1": {"class_type": "LongCatModelLoader",
+              "inputs": {"model_name": TINY["dit"], "weight_dtype": "default"}},
+        **_text("2", "a cat walks on the grass"), **_text("3", "", tokens=1),
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": TINY["vae"]}},
+    }
+    prompt.update(extra or {})
+    return prompt
+
+
+def _saved(entry, node_id):
+    return entry["outputs"][node_id]["images"]
+
+
+def _ksampler(model_ref, steps=2):
+    return {"class_type": "KSampler", "inputs": {
+        "model": model_ref, "seed": 1, "steps": steps, "cfg": 2.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": ["2", 0], "negative": ["3", 0],
+        "latent_image": ["4", 0], "denoise": 1.0}}
+
+
+def test_ksampler_t2v_on_our_model(comfy_server):
+    prompt = _base({
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {**STAGE1, "length": 5, "batch_size": 1}},
+        "5": _ksampler(["1", 0]),
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "lc_ksampler"}},
+    })
+    assert len(_saved(comfy_server.run(prompt), "8")) == 5
+
+
+def test_stock_model_patches_accept_our_model(comfy_server):
+    prompt = _base({
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {**STAGE1, "length": 1, "batch_size": 1}},
+        "10": {"class_type": "LoraLoaderModelOnly",
+               "inputs": {"model": ["1", 0], "lora_name": TINY["comfy_lora"], "strength_model": 1.0}},
+        "11": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["10", 0], "shift": 12.0}},
+        "12": {"class_type": "LongCatLoRA",
+               "inputs": {"model": ["11", 0], "lora_name": TINY["official_lora"], "strength": 0.5}},
+        "5": _ksampler(["12", 0], steps=1),
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    })
+    assert len(_saved(comfy_server.run(prompt), "8")) == 1
+    assert "NOT LOADED" not in comfy_server.log_text()
+
+
+def _stage1(sampler_id="5"):
+    """T2V with our sampler on the distill schedule: nodes 4 (latent), 9 (sigmas), 5, 7 (IMAGE)."""
+    return {
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {**STAGE1, "length": 5, "batch_size": 1}},
+        "9": {"class_type": "LongCatScheduler",
+              "inputs": {"mode": "distill", "steps": 2, "t_thresh": 0.5, "shift": 12.0}},
+        sampler_id: {"class_type": "LongCatSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0],
+            "sigmas": ["9", 0], "seed": 3, "guidance_scale": 4.0, "use_kv_cache": True,
+            "offload_kv_cache": False}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": [sampler_id, 0], "vae": ["6", 0]}},
+    }
+
+
+def test_sampler_then_refine_with_bsa(comfy_server):
+    prompt = _base({
+        **_stage1(),
+        "20": {"class_type": "LongCatLoRA",
+               "inputs": {"model": ["1", 0], "lora_name": TINY["official_lora"], "strength": 1.0}},
+        "21": {"class_type": "LongCatBSASettings", "inputs": {
+            "model": ["20", 0], "enable": True, "preset": "refine 720p", "sparsity": 0.9375,
+            "cdf_threshold": 0.0, "chunk_q": "4,4,4", "chunk_k": "4,4,4", "start_percent": 0.0,
+            "end_percent": 1.0, "dense_blocks": "1", "backend": "auto"}},
+        "22": {"class_type": "LongCatRefine720p", "inputs": {
+            "model": ["21", 0], "vae": ["6", 0], "positive": ["2", 0], "frames": ["7", 0], **REFINE,
+            "t_thresh": 0.5, "spatial_refine_only": False, "seed": 4}},
+        "23": {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": "lc_refine"}},
+        "24": {"class_type": "PreviewAny", "inputs": {"source": ["22", 2]}},
+        "25": {"class_type": "PreviewAny", "inputs": {"source": ["21", 1]}},
+    })
+    entry = comfy_server.run(prompt)
+    assert len(_saved(entry, "23")) == 10  # 5 stage-1 frames, 2x in time
+    report = "".join(entry["outputs"]["24"]["text"])
+    assert "sparse self-attention calls over 1 blocks" in report, report  # block 1 dense
+    assert "kernel torch" in report and "density" in report, report
+    assert "BSA enabled" in "".join(entry["outputs"]["25"]["text"])
+
+
+def test_image_to_video_and_continuation(comfy_server):
+    prompt = _base({
+        **_stage1(),
+        "30": {"class_type": "LongCatImageToVideo", "inputs": {
+            "vae": ["6", 0], "start_image": ["7", 0], **STAGE1, "length": 5}},
+        "31": {"class_type": "LongCatSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "latent": ["30", 0], "sigmas": ["9", 0],
+            "seed": 5, "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": False}},
+        "32": {"class_type": "LongCatContinueVideo", "inputs": {
+            "vae": ["6", 0], "video": ["7", 0], "num_cond_frames": 5, **STAGE1, "length": 9}},
+        "33": {"class_type": "LongCatSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["32", 0],
+            "sigmas": ["9", 0], "seed": 6, "guidance_scale": 4.0, "use_kv_cache": True,
+            "offload_kv_cache": True}},
+        "34": {"class_type": "VAEDecode", "inputs": {"samples": ["31", 0], "vae": ["6", 0]}},
+        "35": {"class_type": "VAEDecode", "inputs": {"samples": ["33", 0], "vae": ["6", 0]}},
+        "36": {"class_type": "SaveImage", "inputs": {"images": ["34", 0], "filename_prefix": "lc_i2v"}},
+        "37": {"class_type": "SaveImage", "inputs": {"images": ["35", 0], "filename_prefix": "lc_vc"}},
+    })
+    entry = comfy_server.run(prompt)
+    assert len(_saved(entry, "36")) == 5
+    assert len(_saved(entry, "37")) == 9
+
+
+def test_long_video_with_refinement(comfy_server):
+    prompt = _base({
+        "9": {"class_type": "LongCatScheduler",
+              "inputs": {"mode": "distill", "steps": 2, "t_thresh": 0.5, "shift": 12.0}},
+        "40": {"class_type": "ConditioningCombine",
+               "inputs": {"conditioning_1": ["2", 0], "conditioning_2": ["3", 0]}},
+        "41": {"class_type": "LongCatLongVideo", "inputs": {
+            "model": ["1", 0], "vae": ["6", 0], "prompts": ["40", 0], "num_segments": 1, **STAGE1,
+            "num_frames": 9, "num_cond_frames": 5, "guidance_scale": 1.0, "seed": 7,
+            "use_kv_cache": True, "t_thresh": 0.5, "refine_width": REFINE["width"],
+            "refine_height": REFINE["height"], "t2v_sigmas": ["9", 0], "vc_sigmas": ["9", 0],
+            "refine_model": ["1", 0], "refine_prompt": ["3", 0]}},
+        "42": {"class_type": "SaveImage", "inputs": {"images": ["41", 0], "filename_prefix": "lc_long"}},
+    })
+    entry = comfy_server.run(prompt)
+    # stage 1: 9 + (9 - 5) = 13 frames; refined 2x in windows of 9 with overlap 5 -> 26 frames
+    assert len(_saved(entry, "42")) == 26
+
+
+def test_cancel_stops_a_long_run_promptly(comfy_server):
+    prompt = _base({
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {**STAGE1, "length": 5, "batch_size": 1}},
+        "9": {"class_type": "LongCatScheduler",
+              "inputs": {"mode": "normal", "steps": 1000, "t_thresh": 0.5, "shift": 12.0}},
+        "5": {"class_type": "LongCatSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "latent": ["4", 0], "sigmas": ["9", 0],
+            "seed": 8, "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": False}},
+        "8": {"class_type": "PreviewAny", "inputs": {"source": ["5", 1]}},
+    })
+    prompt_id = comfy_server.queue_prompt(prompt)
+    deadline = time.monotonic() + 120
+    while comfy_server.get("/queue")["queue_running"] == [] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # let the sampler loop start
+    comfy_server.post("/interrupt", {})
+    started = time.monotonic()
+    entry = comfy_server.wait(prompt_id, timeout=60)
+    assert time.monotonic() - started < 30
+    assert entry["status"]["status_str"] == "error"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
