@@ -31,7 +31,7 @@ def standin_encode(frames: torch.Tensor) -> torch.Tensor:
     t = latent_frames(n)
     groups = x[1:1 + VAE_TEMPORAL * (t - 1)].reshape(t - 1, VAE_TEMPORAL, *x.shape[1:]).mean(1)
     z = torch.cat([x[:1], groups])                                    # [T, 3, h, w]
-    z = z[:, torch.arange(LATENT_CHANNELS) % 3]                       # [T, 16, h, w]
+    z = z[:, torch.arange(LATENT_CHANNELS, device=z.device) % 3]       # [T, 16, h, w]
     return z.permute(1, 0, 2, 3).unsqueeze(0)
 
 
@@ -42,7 +42,7 @@ def standin_decode(latent: torch.Tensor) -> torch.Tensor:
     z = latent[0].float()                                             # [16, T, h, w]
     rgb = torch.stack([z[c::3].mean(0) for c in range(3)], dim=1)     # [T, 3, h, w]
     t = rgb.shape[0]
-    repeats = torch.tensor([1] + [VAE_TEMPORAL] * (t - 1))
+    repeats = torch.tensor([1] + [VAE_TEMPORAL] * (t - 1), device=rgb.device)
     x = rgb.repeat_interleave(repeats, dim=0)                         # [1 + 4(T−1), 3, h, w]
     assert x.shape[0] == pixel_frames(t)
     x = F.interpolate(x, scale_factor=VAE_SPATIAL, mode="nearest")

@@ -55,11 +55,11 @@ class BSAReportLog:
                 f"mean key blocks per query chunk {blocks:.2f}, padded grids {sum(r.padded for r in reps)}")
 
 
-def tiny_model(seed: int, device) -> LongCatVideoDiT:
+def tiny_model(seed: int, device, dtype) -> LongCatVideoDiT:
     torch.manual_seed(seed)
-    model = LongCatVideoDiT(hidden_size=64, depth=2, num_heads=2, caption_channels=CAPTION,
+    model = LongCatVideoDiT(hidden_size=128, depth=2, num_heads=2, caption_channels=CAPTION,
                             adaln_tembed_dim=32, frequency_embedding_size=32, device=device)
-    return model.eval()
+    return model.to(dtype).eval()  # head_dim 64: a size the Triton BSA kernel takes
 
 
 def random_text(seed: int, valid: int, device) -> TextCondition:
@@ -99,6 +99,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the preview PNGs")
     parser.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="BSA backend")
     parser.add_argument("--device", default="cpu", help="torch device for the model and latents")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="model dtype; auto: bfloat16 on CUDA (the Triton kernel needs 16-bit), else float32")
     parser.add_argument("--steps", type=int, default=8, help="stage-1 sampling steps (official: 50)")
     parser.add_argument("--frames", type=int, default=9, help="stage-1 frames (4k+1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,7 +111,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    model = tiny_model(args.seed, device)
+    dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    model = tiny_model(args.seed, device, getattr(torch, dtype_name))
     positive, negative = random_text(1, 10, device), random_text(2, 1, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
