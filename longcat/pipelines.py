@@ -51,7 +51,8 @@ class TextCondition:
 def make_dit_fn(model: torch.nn.Module, transformer_options: dict | None = None):
     """Bind a ``LongCatVideoDiT`` into the ``dit_fn`` the loops call.
 
-    Casts x and context to the model's parameter dtype (the official pipeline feeds bf16) and
+    Casts x and context to the model's parameter dtype (the official pipeline feeds bf16; context
+    also moves to x's device) and
     sets ``transformer_options["sigmas"]`` to the noise frames' sigma (max timestep / 1000) per
     call, so ``BSASettings`` step windows see the current step.
     """
@@ -60,7 +61,7 @@ def make_dit_fn(model: torch.nn.Module, transformer_options: dict | None = None)
     def dit_fn(x, timestep, context, context_mask=None, **kwargs):
         opts = dict(transformer_options or {})
         opts["sigmas"] = (timestep.float().max() / NUM_TRAIN_TIMESTEPS).reshape(1)
-        context = None if context is None else context.to(dtype)
+        context = None if context is None else context.to(device=x.device, dtype=dtype)
         return model(x.to(dtype), timestep, context, context_mask, transformer_options=opts, **kwargs)
 
     return dit_fn
