@@ -52,9 +52,8 @@ def make_dit_fn(model: torch.nn.Module, transformer_options: dict | None = None)
     """Bind a ``LongCatVideoDiT`` into the ``dit_fn`` the loops call.
 
     Casts x and context to the model's parameter dtype (the official pipeline feeds bf16; context
-    also moves to x's device) and
-    sets ``transformer_options["sigmas"]`` to the noise frames' sigma (max timestep / 1000) per
-    call, so ``BSASettings`` step windows see the current step.
+    also moves to x's device) and sets ``transformer_options["sigmas"]`` to the noise frames'
+    sigma (max timestep / 1000) per call, so ``BSASettings`` step windows see the current step.
     """
     dtype = next(model.parameters()).dtype
 
