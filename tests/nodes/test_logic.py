@@ -1,0 +1,180 @@
+"""Node logic that needs no ComfyUI: parsing, presets, step windows, BSA log, text padding, latents."""
+
+import math
+
+import pytest
+import torch
+from longcat_pack.kernels import block_sparse_attention
+from longcat_pack.longcat import schedules
+from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.dit import LongCatVideoDiT
+from longcat_pack.nodes import logic
+
+
+def shift_percent_to_sigma(percent, shift=12.0):
+    """ComfyUI's ModelSamplingDiscreteFlow.percent_to_sigma, written out (time_snr_shift)."""
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    t = 1.0 - percent
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", set()), ("0,1,47", {0, 1, 47}), (" 0-3 , 47", {0, 1, 2, 3, 47}), ("5,5", {5}),
+])
+def test_parse_dense_blocks(text, expected):
+    assert logic.parse_dense_blocks(text) == frozenset(expected)
+
+
+@pytest.mark.parametrize("text", ["a", "3-1", "1;2", "-1", "1.5"])
+def test_parse_dense_blocks_rejects_bad_text(text):
+    with pytest.raises(ValueError, match="dense_blocks"):
+        logic.parse_dense_blocks(text)
+
+
+def test_parse_chunk():
+    assert logic.parse_chunk("4,4,8", "chunk_q") == (4, 4, 8)
+    assert logic.parse_chunk("2x4x4", "chunk_k") == (2, 4, 4)
+    for bad in ("4,4", "0,4,4", "a,b,c"):
+        with pytest.raises(ValueError, match="chunk_q"):
+            logic.parse_chunk(bad, "chunk_q")
+
+
+def test_sigma_window_converts_percent_with_the_models_shift():
+    assert logic.sigma_window(0.0, 1.0, shift_percent_to_sigma) == (math.inf, -math.inf)
+    hi, lo = logic.sigma_window(0.2, 0.6, shift_percent_to_sigma)
+    assert hi == pytest.approx(shift_percent_to_sigma(0.2)) and lo == pytest.approx(shift_percent_to_sigma(0.6))
+    assert hi > lo
+    with pytest.raises(ValueError, match="start_percent"):
+        logic.sigma_window(0.7, 0.2, shift_percent_to_sigma)
+
+
+def test_presets_and_custom_settings():
+    window = (0.9, 0.1)
+    refine = logic.build_bsa_settings("refine 720p", 0.5, 0.3, "1,1,1", "1,1,1", "torch", window, "0,47")
+    assert (refine.sparsity, refine.cdf_threshold, refine.chunk_3d_shape_q) == (0.9375, None, (4, 4, 4))
+    assert (refine.sigma_max, refine.sigma_min, refine.dense_blocks) == (0.9, 0.1, {0, 47})
+    assert refine.backend == "torch"
+    base = logic.build_bsa_settings("base 480p", 0.5, 0.0, "", "", "auto", window, "")
+    assert base.sparsity == 0.875 and base.chunk_3d_shape_k == (4, 4, 4)
+    custom = logic.build_bsa_settings("custom", 0.5, 0.0, "2,4,4", "4,4,8", "auto", window, "")
+    assert (custom.sparsity, custom.cdf_threshold) == (0.5, None)
+    assert (custom.chunk_3d_shape_q, custom.chunk_3d_shape_k) == ((2, 4, 4), (4, 4, 8))
+    assert logic.build_bsa_settings("custom", 0.5, 0.25, "4,4,4", "4,4,4", "auto", window, "").cdf_threshold == 0.25
+    with pytest.raises(ValueError, match="preset"):
+        logic.build_bsa_settings("fast", 0.5, 0.0, "4,4,4", "4,4,4", "auto", window, "")
+
+
+@pytest.mark.parametrize("backend, cuda, triton, path", [
+    ("auto", True, True, "triton"), ("auto", False, True, "torch"), ("auto", True, False, "torch"),
+    ("torch", True, True, "torch"), ("triton", True, True, "triton"), ("triton", False, True, "error"),
+])
+def test_expected_backend(backend, cuda, triton, path):
+    got, reason = logic.expected_backend(backend, cuda, triton)
+    assert got == path and reason
+
+
+def test_describe_settings_names_the_path_and_parameters():
+    settings = BSASettings(sparsity=0.875, dense_blocks={3})
+    text = logic.describe_settings(settings, True, cuda=False, triton=True)
+    assert "0.875" in text and "torch" in text and "no CUDA" in text and "dense blocks 3" in text
+    assert logic.describe_settings(settings, False, True, True).startswith("BSA disabled")
+
+
+def _report(seed, grid):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, math.prod(grid), 16, generator=g) for _ in range(3))
+    _, report = block_sparse_attention(q, k, v, grid, grid, sparsity=0.5, chunk_3d_shape_q=(2, 2, 2),
+                                       chunk_3d_shape_k=(2, 2, 2), backend="torch", return_report=True)
+    return report
+
+
+def test_bsa_run_log_aggregates_real_reports():
+    reports = [_report(0, (4, 4, 4)), _report(1, (4, 3, 4))]  # the second grid is padded
+    log = logic.BSARunLog()
+    assert "no block-sparse attention ran" in log.summary()
+    log.record(0, reports[0])
+    log.record(5, reports[1])
+    kept = torch.cat([r.blocks_per_query_chunk.flatten().float() for r in reports])
+    summary = log.summary()
+    assert "2 sparse self-attention calls over 2 blocks" in summary
+    assert f"mean {sum(r.density for r in reports) / 2:.4f}" in summary
+    assert f"mean {kept.mean():.1f}, min {kept.min():.0f}, max {kept.max():.0f}" in summary
+    assert "padded grids: 1 of 2" in summary
+    assert f"kernel torch x2: {reports[0].reason}" in summary
+
+
+def test_pad_text_condition_recovers_the_mask_and_pads_to_512():
+    context = torch.zeros(1, 600, 8)
+    context[:, :5] = torch.randn(1, 5, 8)
+    padded, mask = logic.pad_text_condition(context)
+    assert padded.shape == (1, 512, 8) and mask.shape == (1, 512)
+    assert mask[0, :5].tolist() == [1.0] * 5 and mask[0, 5:].sum() == 0
+    short, short_mask = logic.pad_text_condition(context[:, :20])
+    assert torch.equal(short, padded) and torch.equal(short_mask, mask)
+    with pytest.raises(ValueError, match="context"):
+        logic.pad_text_condition(torch.zeros(512, 8))
+
+
+def test_dit_sees_what_the_official_pipeline_gives_it():
+    """ComfyUI's zero-padded umT5 output + recovered mask == official (states, mask) in the DiT."""
+    torch.manual_seed(0)
+    dit = LongCatVideoDiT(hidden_size=32, depth=1, num_heads=2, caption_channels=16,
+                          adaln_tembed_dim=16, frequency_embedding_size=16).eval()
+    valid = 7
+    official = torch.randn(1, 512, 16)  # the encoder's states at pad positions are not zero
+    official_mask = torch.zeros(1, 512)
+    official_mask[:, :valid] = 1
+    comfy = official.clone()
+    comfy[:, valid:] = 0  # ComfyUI zeroes masked positions (zero_out_masked)
+    context, mask = logic.pad_text_condition(comfy[:, :300])
+    x = torch.randn(1, 16, 2, 4, 4)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        want = dit(x, t, official, official_mask)
+        got = dit(x, t, context, mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_start_latents():
+    process_in = lambda z: z * 2.0 - 1.0  # noqa: E731  any invertible affine map
+    latent = torch.zeros(1, 16, 4, 2, 2)
+    latent[:, :, :1] = torch.randn(1, 16, 1, 2, 2)
+    noise = torch.randn(1, 16, 4, 2, 2)
+    x = logic.start_latents(latent, noise, 1.0, 1, process_in)
+    assert torch.equal(x[:, :, :1], process_in(latent[:, :, :1])) and torch.equal(x[:, :, 1:], noise[:, :, 1:])
+    clean = torch.randn(1, 16, 4, 2, 2)
+    half = logic.start_latents(clean, noise, 0.25, 0, process_in)
+    torch.testing.assert_close(half, 0.25 * noise + 0.75 * process_in(clean))
+    empty = logic.start_latents(torch.zeros_like(clean), noise, 0.25, 0, process_in)
+    torch.testing.assert_close(empty, 0.25 * noise)
+    with pytest.raises(ValueError, match="longcat_num_cond_latents"):
+        logic.start_latents(latent, noise, 1.0, 4, process_in)
+
+
+def test_cond_latent_dict():
+    cond = torch.randn(1, 16, 2, 3, 5)
+    out = logic.cond_latent_dict(cond, 6)
+    assert out["samples"].shape == (1, 16, 6, 3, 5) and out[logic.COND_LATENTS_KEY] == 2
+    assert torch.equal(out["samples"][:, :, :2], cond) and out["samples"][:, :, 2:].abs().sum() == 0
+    with pytest.raises(ValueError, match="length"):
+        logic.cond_latent_dict(cond, 2)
+
+
+def test_schedule_sigmas_dispatch():
+    assert torch.equal(logic.schedule_sigmas("normal", 50, 0.5, 12.0), schedules.normal_sigmas(50, 12.0))
+    assert torch.equal(logic.schedule_sigmas("distill", 16, 0.5, 12.0), schedules.distill_sigmas(16, 12.0))
+    assert torch.equal(logic.schedule_sigmas("enhance_hf", 50, 0.5, 12.0), schedules.enhance_hf_sigmas(50, 12.0))
+    assert torch.equal(logic.schedule_sigmas("refine", 50, 0.5, 12.0), schedules.refine_sigmas(50, 0.5, 12.0))
+    with pytest.raises(ValueError, match="mode"):
+        logic.schedule_sigmas("karras", 10, 0.5, 12.0)
+
+
+def test_weight_dtype_option():
+    assert logic.weight_dtype_option("default") is None
+    assert logic.weight_dtype_option("bf16") == torch.bfloat16
+    assert logic.weight_dtype_option("fp8_e4m3fn") == torch.float8_e4m3fn
+    with pytest.raises(ValueError, match="weight_dtype"):
+        logic.weight_dtype_option("int8")
