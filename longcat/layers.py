@@ -156,7 +156,7 @@ class SwiGLU(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale) per frame, LayerNorm, Linear to patch pixels; all fp32.
+    """adaLN (shift, scale) per frame, LayerNorm, Linear to patch pixels; fp32 (modulated x rounded to x's dtype).
 
     Keys ``adaLN_modulation.1``, ``linear``; ``norm_final`` has no parameters.
     """
@@ -177,7 +177,8 @@ class FinalLayer(nn.Module):
         frames = t_emb.shape[1]
         shift, scale = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(2, dim=-1)
         h = modulate(layer_norm_fp32(self.norm_final, x.reshape(b, frames, n // frames, c)), shift, scale)
-        return linear_fp32(self.linear, h.reshape(b, n, c))
+        # The official modulation returns x's dtype; only then does the fp32 linear run.
+        return linear_fp32(self.linear, h.to(x.dtype).reshape(b, n, c))
 
 
 class _CastLinear(nn.Linear):

@@ -23,10 +23,13 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 def _axis_angles(n: int, dim: int, device) -> torch.Tensor:
-    """Angles ``pos·θ^(−2j/dim)`` with each frequency repeated twice (interleaved): fp32 ``[n, dim]``."""
-    inv_freq = ROPE_THETA ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
-    pos = torch.arange(n, device=device, dtype=torch.float64)
-    return torch.outer(pos, inv_freq).repeat_interleave(2, dim=-1).float()
+    """Angles ``pos·θ^(−2j/dim)`` with each frequency repeated twice (interleaved): fp32 ``[n, dim]``.
+
+    Computed in fp32 as ``1 / θ^(2j/dim)`` like the official table, so angles match bit for bit.
+    """
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    pos = torch.arange(n, device=device, dtype=torch.float32)
+    return torch.outer(pos, inv_freq).repeat_interleave(2, dim=-1)
 
 
 def rope_table(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
