@@ -28,14 +28,27 @@ _skipped = []
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory):
+def comfy_models(tmp_path_factory):
+    """A ComfyUI base directory with the tiny models written; dict of names and paths."""
     if not COMFYUI_DIR:
         _skipped.append(True)
         pytest.skip(SKIP_REASON)
     base = tmp_path_factory.mktemp("comfy_base")
+    models = base / "models"
     subprocess.run([os.environ.get("COMFY_PYTHON") or sys.executable, tiny_models.__file__,
-                    str(base / "models")], cwd=COMFYUI_DIR, check=True)
-    server = ComfyServer(COMFYUI_DIR, base, extra_env={"LONGCAT_TEST_NODES": "1"})
+                    str(models)], cwd=COMFYUI_DIR, check=True)
+    return {
+        "comfyui_dir": COMFYUI_DIR, "base": base, "loras": str(models / "loras"),
+        "dit": str(models / "diffusion_models" / tiny_models.DIT_FILE),
+        "official_lora": tiny_models.OFFICIAL_LORA_FILE, "comfy_lora": tiny_models.COMFY_LORA_FILE,
+        "official_lora_path": str(models / "loras" / tiny_models.OFFICIAL_LORA_FILE),
+        "comfy_lora_path": str(models / "loras" / tiny_models.COMFY_LORA_FILE),
+    }
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_models):
+    server = ComfyServer(COMFYUI_DIR, comfy_models["base"], extra_env={"LONGCAT_TEST_NODES": "1"})
     server.start()
     try:
         yield server

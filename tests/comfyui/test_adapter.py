@@ -1,0 +1,100 @@
+"""The ComfyUI adapter in-process against the model package: sign/timestep convention, LoRA
+patches, and the sampler glue (needs ``COMFYUI_DIR`` and ComfyUI's Python packages)."""
+
+import sys
+
+import pytest
+import torch
+from longcat_pack.longcat import weights
+from longcat_pack.longcat.guidance import euler_step
+from longcat_pack.longcat.lora import load_lora_file, merge_lora
+from longcat_pack.longcat.pipelines import TextCondition, denoise, make_dit_fn, make_noise
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def comfy_env(comfy_models):
+    """Import ComfyUI in this process on the CPU; returns the modules the tests use."""
+    sys.path.insert(0, comfy_models["comfyui_dir"])
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # must precede comfy.model_management's device probe
+    import comfy.samplers
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+    from longcat_pack.nodes import loading, model_adapter, sampling
+
+    return {"model_adapter": model_adapter, "sampling": sampling, "loading": loading,
+            "samplers": comfy.samplers, "sd": comfy.sd, "utils": comfy.utils,
+            "folder_paths": folder_paths}
+
+
+def _context(tokens=6, seed=0):
+    context = torch.zeros(1, 512, 4096)
+    context[:, :tokens] = torch.randn(1, tokens, 4096, generator=torch.Generator().manual_seed(seed))
+    return context
+
+
+def test_ksampler_step_is_the_official_euler_step(comfy_env, comfy_models):
+    """Stock Euler (sigma 1 → 0.75 → 0) equals the official Euler steps with the DiT's own v:
+    ComfyUI's denoised = x − σ·out needs out = −v and timestep σ·1000."""
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    dit = weights.load_dit(comfy_models["dit"], torch.float32)
+    noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(1))
+    latent = torch.zeros_like(noise)
+    context = _context()
+    sigmas = torch.tensor([1.0, 0.75, 0.0])
+    samplers = comfy_env["samplers"]
+    out = samplers.sample(patcher, noise, [[context, {}]], [[context, {}]], 1.0, "cpu",
+                          samplers.ksampler("euler"), sigmas, latent_image=latent)
+    mask = (context != 0).any(-1).float()
+    x = noise
+    with torch.no_grad():
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            v = dit(x, (sigma * 1000).reshape(1), context, mask)
+            x = euler_step(x, v, sigma, sigma_next)
+    torch.testing.assert_close(patcher.model.latent_format.process_in(out), x, rtol=1e-5, atol=1e-5)
+
+
+def test_longcat_lora_patches_equal_the_official_merge(comfy_env, comfy_models):
+    """LongCat LoRA (official file) and LoraLoaderModelOnly (ComfyUI file) give merged weights."""
+    adapter, sd, utils = comfy_env["model_adapter"], comfy_env["sd"], comfy_env["utils"]
+    comfy_env["folder_paths"].add_model_folder_path("loras", comfy_models["loras"])
+    base = adapter.load_longcat_model(comfy_models["dit"], torch.float32)
+    state = {k: v.clone() for k, v in base.model.diffusion_model.state_dict().items()}
+    want = merge_lora(state, load_lora_file(comfy_models["official_lora_path"]), strength=0.7)
+    node = comfy_env["loading"].LongCatLoRA
+    official = node.execute(base, comfy_models["official_lora"], 0.7).result[0]
+    stock, _ = sd.load_lora_for_models(
+        base, None, utils.load_torch_file(comfy_models["comfy_lora_path"]), 0.7, 0)
+    for patcher in (official, stock):
+        patcher.patch_model()
+        got = patcher.model.diffusion_model.state_dict()
+        for key in ("blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.1.attn.qkv.weight"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+        patcher.unpatch_model()
+
+
+def test_sampler_node_equals_the_model_package_pipeline(comfy_env, comfy_models):
+    """LongCat Sampler's glue (normalization, noise, conditioning, dit_fn) adds nothing."""
+    adapter, sampling = comfy_env["model_adapter"], comfy_env["sampling"]
+    patcher = adapter.load_longcat_model(comfy_models["dit"], torch.float32)
+    dit = weights.load_dit(comfy_models["dit"], torch.float32)
+    latent_format = patcher.model.latent_format
+    raw = torch.zeros(1, 16, 3, 4, 8)
+    raw[:, :, :1] = torch.randn(1, 16, 1, 4, 8)
+    positive, negative = _context(6, 1), _context(1, 2)
+    sigmas = torch.tensor([1.0, 0.9, 0.5, 0.0])
+    latent = {"samples": raw, "longcat_num_cond_latents": 1}
+    got, _ = sampling.sample_latent(patcher, [[positive, {}]], [[negative, {}]], latent, sigmas,
+                                    seed=9, guidance=3.0, use_kv_cache=True, offload_kv_cache=False)
+    start = make_noise(raw.shape, torch.Generator("cpu").manual_seed(9))
+    start[:, :, :1] = latent_format.process_in(raw[:, :, :1])
+    cond = lambda c: TextCondition(c, (c != 0).any(-1).float())  # noqa: E731
+    with torch.no_grad():
+        want = denoise(make_dit_fn(dit), start, sigmas, cond(positive), cond(negative), 3.0,
+                       num_cond_latents=1, use_kv_cache=True)
+    torch.testing.assert_close(latent_format.process_in(got["samples"]), want, rtol=1e-5, atol=1e-5)
+    assert got["longcat_num_cond_latents"] == 1
