@@ -46,11 +46,27 @@ def unsupported_reason(q, k, v):
 
 
 @triton.jit
+def _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, key_ok, MASKED: tl.constexpr):
+    """One online-softmax update with a [HEAD_DIM, N] key tile and its [N, HEAD_DIM] values."""
+    qk = tl.dot(q, k_t)
+    if MASKED:
+        qk = tl.where(key_ok[None, :], qk, float("-inf"))
+    # Scores stay unscaled; the scale folds into the exp2 argument (one FMA per element).
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
                    stride_ks, stride_vs, qk_scale,
                    CHUNK_K: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
                    HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr):
-    """Online softmax over the ``count`` selected key chunks listed at ``idx_ptr``."""
+    """General path: each selected chunk in N_SUB tiles of BLOCK_N, masking padded key slots."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for i in range(0, count):
@@ -61,8 +77,8 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
         for j in tl.static_range(N_SUB):
             slot = j * BLOCK_N + offs_n
             rows = blk * CHUNK_K + slot
+            real = slot < n_real
             if MASK_KEYS:
-                real = slot < n_real
                 k_t = tl.load(k_base + rows[None, :] * stride_ks + offs_d[:, None],
                               mask=real[None, :], other=0.0)
                 v = tl.load(v_base + rows[:, None] * stride_vs + offs_d[None, :],
@@ -70,16 +86,7 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
             else:
                 k_t = tl.load(k_base + rows[None, :] * stride_ks + offs_d[:, None])
                 v = tl.load(v_base + rows[:, None] * stride_vs + offs_d[None, :])
-            qk = tl.dot(q, k_t) * qk_scale
-            if MASK_KEYS:
-                qk = tl.where(real[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            p = tl.math.exp2(qk - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc)
-            m_i = m_new
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, real, MASK_KEYS)
     return acc, l_i, m_i
 
 
@@ -119,11 +126,11 @@ def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
     acc, l_i, m_i = _bsa_fwd_inner(
-        acc, l_i, m_i, q,
-        K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
-        idx_ptr, VALID, count, stride_ks, stride_vs, qk_scale,
-        CHUNK_K, BLOCK_N, N_SUB, HEAD_DIM, MASK_KEYS)
+        acc, l_i, m_i, q, k_base, v_base, idx_ptr, VALID, count, stride_ks, stride_vs,
+        qk_scale, CHUNK_K, BLOCK_N, N_SUB, HEAD_DIM, MASK_KEYS)
     # count ≥ 1 and every key chunk has a real token, so l_i > 0.
     out = (acc / l_i[:, None]).to(O.dtype.element_ty)
     o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
@@ -171,7 +178,8 @@ def bsa_fwd_triton(q, k, v, indices, counts, chunk_q, chunk_k, valid_k=None, sm_
         valid_k: int32 ``[Nk]`` real tokens per key chunk (real ones first), None if all full.
         sm_scale: softmax scale, default 1/√D.
         num_warps, num_stages: launch overrides (benchmarks); default 4 warps per 64 query rows,
-            3 stages.
+            4 stages (H200, 64-token chunks, D=128: 4 stages ≥ 3 stages, 8 warps 1.5× slower;
+            bench/results/bsa_sweep_h200_2026-11-26.json).
 
     Returns:
         ``[B, heads, Nq·chunk_q, D]`` in ``q.dtype``.
@@ -202,6 +210,6 @@ def bsa_fwd_triton(q, k, v, indices, counts, chunk_q, chunk_k, valid_k=None, sm_
         BLOCK_N=block_n, N_SUB=n_sub, HEAD_DIM=D,
         MASK_Q=block_m * m_split != chunk_q, MASK_KEYS=mask_keys,
         num_warps=num_warps or (4 if block_m <= 64 else 8),
-        num_stages=num_stages or 3,
+        num_stages=num_stages or 4,
     )
     return out

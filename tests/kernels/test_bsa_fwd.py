@@ -92,3 +92,4 @@ def test_triton_rejects_unsupported(dtype, D, match):
     idx, cnt = torch.zeros(1, 1, 1, 1, dtype=torch.int32), torch.ones(1, 1, 1, dtype=torch.int32)
     with pytest.raises(ValueError, match=match):
         bsa_fwd_triton(x, x, x, idx, cnt, 32, 32)
+
