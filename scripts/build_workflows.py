@@ -1,0 +1,457 @@
+"""Generate the bundled workflows in ``workflows/`` from the recorded node schemas.
+
+    python scripts/build_workflows.py            # rewrite workflows/*.json
+    python scripts/build_workflows.py --check    # exit 1 if a file differs from the generated one
+
+Run after ``scripts/record_object_info.py`` whenever a node's inputs change, then run
+``pytest tests/workflows``. Defaults are the official ones (reference: docs/workflows.md).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workflow_builder import Column, Workflow  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECT_INFO = ROOT / "tests" / "data" / "object_info.json"
+OUT = ROOT / "workflows"
+
+HF_LONGCAT = "https://huggingface.co/meituan-longcat/LongCat-Video"
+HF_WAN = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+DIT_FILE = "longcat_video_dit_bf16.safetensors"
+UMT5 = {"name": "umt5_xxl_fp16.safetensors", "directory": "text_encoders",
+        "url": f"{HF_WAN}/text_encoders/umt5_xxl_fp16.safetensors?download=true"}
+VAE = {"name": "wan_2.1_vae.safetensors", "directory": "vae",
+       "url": f"{HF_WAN}/vae/wan_2.1_vae.safetensors?download=true"}
+CFG_LORA = {"name": "cfg_step_lora.safetensors", "directory": "loras",
+            "url": f"{HF_LONGCAT}/resolve/main/lora/cfg_step_lora.safetensors?download=true"}
+REFINE_LORA = {"name": "refinement_lora.safetensors", "directory": "loras",
+               "url": f"{HF_LONGCAT}/resolve/main/lora/refinement_lora.safetensors?download=true"}
+
+# The official demos' negative prompt (reference/longcat.md 3.8), used with guidance 4.
+NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, "
+            "paintings, images, static, overall gray, worst quality, low quality, JPEG "
+            "compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly "
+            "drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+            "messy background, three legs, many people in the background, walking backwards")
+PROMPT = ("A golden retriever runs along a sunlit beach at sunset, waves rolling onto the sand, "
+          "the camera tracking alongside at a low angle. Warm light, realistic, cinematic.")
+I2V_PROMPT = ("The woman in the picture slowly turns her head toward the camera and smiles, "
+              "her hair moving in a light breeze. Natural light, realistic.")
+VC_PROMPT = ("The scene continues: the camera keeps moving forward as the subject walks on, "
+             "same lighting and style as the input video.")
+STORY = (
+    "A woman in a red coat walks through a snowy pine forest in the morning, snow crunching "
+    "under her boots, the camera following from behind.",
+    "She stops and looks up as a gust of wind shakes snow from the branches around her.",
+    "She reaches the edge of a frozen lake and carefully steps onto the ice.",
+    "The camera rises and pulls back, revealing the whole frozen lake surrounded by forest.",
+)
+SEED = 42  # the official demos' seed (42 + rank)
+
+DIT_NOTE = f"""## LongCat-Video DiT
+
+The official release ships the DiT as fp32 shards in [`dit/`]({HF_LONGCAT}/tree/main/dit)
+(~54 GB); there is no single file to download, so this loader has no download link.
+
+Either
+
+* convert once to one bf16 file (27.2 GB) in `models/diffusion_models/`:
+  `python scripts/convert_longcat.py <LongCat-Video>/dit models/diffusion_models/{DIT_FILE}`
+  (add `--dtype fp8_e4m3fn` for a ~13.6 GB fp8 file), or
+* put (or symlink) the official `dit/` folder under `models/diffusion_models/` and pick it here
+  (it is cast while loading).
+
+See `docs/model.md`."""
+
+
+def vram_note(wf: Workflow, pos, title: str, body: str, height: int = 420) -> None:
+    wf.note(pos, f"## {title}\n\n{body}", title="About this workflow", width=460, height=height)
+
+
+def load_models(wf: Workflow, col: Column) -> dict:
+    """DiT, umT5 and VAE loaders stacked in ``col``; returns the nodes by role."""
+    dit = col.push(wf.add("LongCatModelLoader", col.next(), {"model_name": DIT_FILE},
+                          title="Load LongCat-Video DiT", width=380))
+    clip = col.push(wf.add("CLIPLoader", col.next(),
+                           {"clip_name": UMT5["name"], "type": "wan"}, width=380, models=[UMT5]))
+    vae = col.push(wf.add("VAELoader", col.next(), {"vae_name": VAE["name"]}, width=380,
+                          models=[VAE]))
+    note = col.push(wf.note(col.next(), DIT_NOTE, title="DiT file", width=380, height=330))
+    wf.group("Models", [dit, clip, vae, note])
+    return {"dit": dit, "clip": clip, "vae": vae}
+
+
+def encode(wf: Workflow, col: Column, clip, text: str, title: str, negative=False):
+    color = ("#322", "#533") if negative else ("#232", "#353")
+    node = col.push(wf.add("CLIPTextEncode", col.next(), {"text": text}, title=title,
+                           width=420, color=color))
+    wf.link(clip, node, "clip")
+    return node
+
+
+def lora(wf: Workflow, col: Column, model, spec: dict, title: str):
+    node = col.push(wf.add("LongCatLoRA", col.next(), {"lora_name": spec["name"],
+                                                        "strength": 1.0},
+                           title=title, width=360, models=[spec]))
+    wf.link(model, node, "model")
+    return node
+
+
+def sample(wf: Workflow, col: Column, model, positive, latent, mode: str, steps: int,
+           guidance: float, negative=None, title="LongCat Sampler"):
+    """LongCat Scheduler + LongCat Sampler; returns the sampler node."""
+    sched = col.push(wf.add("LongCatScheduler", col.next(),
+                            {"mode": mode, "steps": steps, "t_thresh": 0.5, "shift": 12.0}))
+    sampler = col.push(wf.add("LongCatSampler", col.next(),
+                              {"seed": SEED, "guidance_scale": guidance, "use_kv_cache": True,
+                               "offload_kv_cache": False}, title=title))
+    wf.link(model, sampler, "model")
+    wf.link(positive, sampler, "positive")
+    wf.link(latent, sampler, "latent")
+    wf.link(sched, sampler, "sigmas")
+    if negative is not None:
+        wf.link(negative, sampler, "negative")
+    return sampler
+
+
+def save_video(wf: Workflow, col: Column, images, fps: float, prefix: str, title=None):
+    video = col.push(wf.add("CreateVideo", col.next(), {"fps": fps}))
+    wf.link(images, video, "images")
+    save = col.push(wf.add("SaveVideo", col.next(), {"filename_prefix": prefix}, width=420,
+                           title=title))
+    wf.link(video, save, "video")
+    return video, save
+
+
+def decode(wf: Workflow, col: Column, sampler, vae):
+    node = col.push(wf.add("VAEDecode", col.next()))
+    wf.link(sampler.out("LATENT"), node, "samples")
+    wf.link(vae, node, "vae")
+    return node
+
+
+def bsa(wf: Workflow, col: Column, model, enable: bool = True):
+    node = col.push(wf.add("LongCatBSASettings", col.next(),
+                           {"enable": enable, "preset": "refine 720p", "sparsity": 0.9375,
+                            "cdf_threshold": 0.0, "chunk_q": "4,4,4", "chunk_k": "4,4,4"},
+                           title="LongCat BSA Settings" + ("" if enable else " (off)"),
+                           width=360))
+    wf.link(model, node, "model")
+    return node
+
+
+def refine(wf: Workflow, col: Column, model, vae, positive, frames, title="LongCat Refine 720p",
+           num_cond_frames: int = 0):
+    node = col.push(wf.add("LongCatRefine720p", col.next(),
+                           {"width": 1280, "height": 704, "t_thresh": 0.5,
+                            "spatial_refine_only": False, "seed": SEED,
+                            "num_cond_frames": num_cond_frames}, title=title, width=360))
+    wf.link(model, node, "model")
+    wf.link(vae, node, "vae")
+    wf.link(positive, node, "positive")
+    wf.link(frames, node, "frames")
+    return node
+
+
+def report(wf: Workflow, col: Column, source, title: str):
+    node = col.push(wf.add("PreviewAny", col.next(), title=title, width=420))
+    wf.link(source, node, "source")
+    return node
+
+
+VRAM_480P = """**VRAM** (weights; activations come on top, not measured here): DiT bf16 27.2 GB
+(fp8: ~13.6 GB, set `weight_dtype` to `fp8_e4m3fn` or use an fp8 file), umT5-XXL fp16 ~11 GB
+(only while encoding; ComfyUI offloads it before sampling), Wan 2.1 VAE ~0.25 GB. A 480×832×93
+clip is 37,440 tokens; guidance > 1 runs the DiT on a batch of 2. A 48 GB+ card runs this in
+bf16; on 24 GB use fp8 and let ComfyUI offload part of the weights (`--lowvram`), which is slower."""
+
+VRAM_720P = """**Refinement VRAM**: 704×1280 with 2× frames is ~169k tokens per forward (4.5× the 480p
+stage), one DiT pass per step (no CFG), 5 steps. Attention dominates the time; BSA at sparsity
+0.9375 computes about 1/16 of the key blocks. VAE encode/decode of 186 frames at 720p needs
+several GB on its own. Plan for an 80 GB card in bf16, or fp8 weights plus offloading."""
+
+
+def t2v_480p(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    pos = encode(wf, p, models["clip"], PROMPT, "Positive prompt")
+    neg = encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)", negative=True)
+    wf.group("Prompt", [pos, neg])
+    s = Column(960)
+    latent = s.push(wf.add("EmptyHunyuanLatentVideo", s.next(),
+                           {"width": 832, "height": 480, "length": 93, "batch_size": 1}))
+    sampler = sample(wf, s, models["dit"], pos, latent, "normal", 50, 4.0, negative=neg)
+    wf.group("Sample: 50 steps, guidance 4", [latent, sampler])
+    o = Column(1420)
+    images = decode(wf, o, sampler, models["vae"])
+    _, save = save_video(wf, o, images, 15.0, "LongCat/t2v_480p")
+    wf.group("Decode and save (15 fps)", [images, save])
+    vram_note(wf, (-520, 0), "LongCat-Video text-to-video, 480p, 50 steps",
+              "The official base recipe: 480×832, 93 frames (6.2 s at 15 fps), 50 Euler steps "
+              "on the shift-12 flow schedule, CFG-Zero* guidance 4.0 with the official negative "
+              "prompt, seed 42.\n\n" + VRAM_480P)
+    return wf
+
+
+def t2v_distill(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    pos = encode(wf, p, models["clip"], PROMPT, "Positive prompt")
+    wf.group("Prompt", [pos])
+    s = Column(960)
+    distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
+    latent = s.push(wf.add("EmptyHunyuanLatentVideo", s.next(),
+                           {"width": 832, "height": 480, "length": 93, "batch_size": 1}))
+    sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0)
+    wf.group("Sample: distilled, 16 steps, guidance 1", [distill, latent, sampler])
+    o = Column(1420)
+    images = decode(wf, o, sampler, models["vae"])
+    _, save = save_video(wf, o, images, 15.0, "LongCat/t2v_480p_distill")
+    wf.group("Decode and save (15 fps)", [images, save])
+    vram_note(wf, (-520, 0), "LongCat-Video text-to-video, distilled (16 steps)",
+              "The official distilled recipe: `cfg_step_lora` at strength 1, the 16-step distill "
+              "schedule, guidance 1.0 and no negative prompt (one DiT pass per step, ~6× "
+              "fewer passes than the 50-step workflow). 480×832, 93 frames, seed 42.\n\n"
+              + VRAM_480P + "\n\nThe LoRA adds its own weights (~2.5–3.3 GB fp32 file).")
+    return wf
+
+
+def _empty_latent(wf: Workflow, col: Column):
+    return col.push(wf.add("EmptyHunyuanLatentVideo", col.next(),
+                           {"width": 832, "height": 480, "length": 93, "batch_size": 1}))
+
+
+def _distilled_stage1(wf: Workflow, models: dict, pos, make_latent=_empty_latent):
+    """Stage 1 of the refine workflows: cfg_step_lora, 16 steps, guidance 1; returns IMAGE."""
+    s = Column(960)
+    distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
+    latent = make_latent(wf, s)
+    sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0, title="Stage 1 sampler")
+    wf.group("Stage 1: 480p, distilled, 16 steps", [distill, latent, sampler])
+    o = Column(1420)
+    images = decode(wf, o, sampler, models["vae"])
+    _, save = save_video(wf, o, images, 15.0, "LongCat/stage1_480p", title="Save 480p")
+    wf.group("Stage 1 output (15 fps)", [images, save])
+    return images
+
+
+def _refine_stage(wf: Workflow, models: dict, pos, images, prefix: str, x: float = 960,
+                  y: float = 860, num_cond_frames: int = 0):
+    """Stage 2 in a row below stage 1: refinement LoRA + BSA, refine node, report, save."""
+    r = Column(x, y)
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    sparse = bsa(wf, r, refine_model)
+    wf.group("Stage 2 model: refinement LoRA + BSA", [refine_model, sparse])
+    c = Column(x + 480, y)
+    ref = refine(wf, c, sparse, models["vae"], pos, images, num_cond_frames=num_cond_frames)
+    rep = report(wf, c, ref.out("bsa_report"), "BSA report")
+    o = Column(x + 1000, y)
+    _, save = save_video(wf, o, ref.out("IMAGE"), 30.0, prefix, title="Save 720p")
+    wf.group("Stage 2: refine to 704×1280, 2× frames (30 fps)", [ref, rep, save])
+    return ref
+
+
+def t2v_refine(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    pos = encode(wf, p, models["clip"], PROMPT, "Prompt (both stages)")
+    wf.group("Prompt", [pos])
+    images = _distilled_stage1(wf, models, pos)
+    _refine_stage(wf, models, pos, images, "LongCat/t2v_720p")
+    vram_note(wf, (-520, 0), "Text-to-video, then refine to 720p with BSA",
+              "The official two-stage recipe. Stage 1: distilled 480p (cfg_step_lora, 16 steps, "
+              "guidance 1). Stage 2: `refinement_lora` plus block-sparse attention (published "
+              "setting: sparsity 0.9375, 4×4×4 chunks) upsamples to 704×1280 and 2× frames "
+              "(186 frames, 30 fps), re-encodes, noises to t_thresh 0.5 and denoises 5 steps "
+              "without CFG. Both stages branch from the same loaded DiT; the LoRA nodes patch "
+              "clones.\n\n" + VRAM_480P + "\n\n" + VRAM_720P, height=620)
+    return wf
+
+
+def i2v_refine(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    pos = encode(wf, p, models["clip"], I2V_PROMPT, "Prompt (both stages)")
+    image = p.push(wf.add("LoadImage", p.next(), {"image": "example.png"}, width=420,
+                          title="Start image"))
+    wf.group("Prompt and start image", [pos, image])
+
+    def i2v_latent(wf: Workflow, col: Column):
+        latent = col.push(wf.add("LongCatImageToVideo", col.next(),
+                                 {"width": 832, "height": 480, "length": 93}))
+        wf.link(models["vae"], latent, "vae")
+        wf.link(image.out("IMAGE"), latent, "start_image")
+        return latent
+
+    images = _distilled_stage1(wf, models, pos, make_latent=i2v_latent)
+    ref = _refine_stage(wf, models, pos, images, "LongCat/i2v_720p", num_cond_frames=1)
+    wf.link(image.out("IMAGE"), ref, "cond_frames")
+    vram_note(wf, (-520, 0), "Image-to-video, then refine to 720p with BSA",
+              "The start image becomes the first (clean) latent frame; stage 1 generates the "
+              "other 92 frames (distilled, 16 steps, guidance 1; for the 50-step base remove "
+              "the LoRA, set the scheduler to normal/50, guidance 4 and add the negative "
+              "prompt). Stage 2 refines to 704×1280 with the image as the held first frame "
+              "(`num_cond_frames` 1). The image is resized to the stage-1 size.\n\n"
+              + VRAM_480P + "\n\n" + VRAM_720P, height=620)
+    return wf
+
+
+def continuation(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    pos = encode(wf, p, models["clip"], VC_PROMPT, "Positive prompt")
+    neg = encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)", negative=True)
+    video = p.push(wf.add("LoadVideo", p.next(), {"file": "input_video.mp4"}, width=420,
+                          title="Video to continue (15 fps)"))
+    parts = p.push(wf.add("GetVideoComponents", p.next()))
+    wf.link(video, parts, "video")
+    wf.group("Prompt and input video", [pos, neg, video, parts])
+    s = Column(960)
+    latent = s.push(wf.add("LongCatContinueVideo", s.next(),
+                           {"num_cond_frames": 13, "width": 832, "height": 480, "length": 93}))
+    wf.link(models["vae"], latent, "vae")
+    wf.link(parts.out("images"), latent, "video")
+    sampler = sample(wf, s, models["dit"], pos, latent, "enhance_hf", 50, 4.0, negative=neg)
+    wf.group("Continue: 13 cond frames, enhance_hf, KV cache", [latent, sampler])
+    o = Column(1420)
+    images = decode(wf, o, sampler, models["vae"])
+    _, save = save_video(wf, o, images, 15.0, "LongCat/continuation")
+    wf.group("Decode and save (15 fps)", [images, save])
+    vram_note(wf, (-520, 0), "Video continuation",
+              "The last 13 frames of the input video (4 latent frames) are encoded as clean "
+              "conditioning; 80 new frames follow (93 in all, the first 13 reproduce the "
+              "input). Official settings: the enhance_hf schedule (56 steps), guidance 4 with "
+              "the official negative, KV cache on (the conditioning frames' keys and values "
+              "are computed once). The official demo resamples the input to 15 fps first.\n\n"
+              + VRAM_480P + "\n\nThe KV cache takes ~4.9 GB at 480p; `offload_kv_cache` keeps "
+              "it in CPU RAM instead (slower).", height=560)
+    return wf
+
+
+def long_video(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    prompts = [encode(wf, p, models["clip"], text, f"Prompt {i + 1}" + (" (text-to-video)"
+                                                                        if i == 0 else ""))
+               for i, text in enumerate(STORY)]
+    neg = encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)", negative=True)
+    empty = encode(wf, p, models["clip"], "", "Refine prompt (official: empty)")
+    wf.group("Prompts: one per clip, in order", [*prompts, neg, empty])
+    c = Column(960, 120)
+    combined, chain = prompts[0], []
+    for nxt in prompts[1:]:
+        node = c.push(wf.add("ConditioningCombine", c.next(), width=260))
+        wf.link(combined, node, "conditioning_1")
+        wf.link(nxt, node, "conditioning_2")
+        combined = node
+        chain.append(node)
+    wf.group("Chain the prompts", chain)
+    r = Column(960, 520)
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    sparse = bsa(wf, r, refine_model)
+    wf.group("Refinement model: LoRA + BSA", [refine_model, sparse])
+    g = Column(1440)
+    gen = g.push(wf.add("LongCatLongVideo", g.next(),
+                        {"num_segments": 3, "width": 832, "height": 480, "num_frames": 93,
+                         "num_cond_frames": 13, "guidance_scale": 4.0, "seed": SEED,
+                         "use_kv_cache": True, "t_thresh": 0.5, "refine_width": 1280,
+                         "refine_height": 704}, width=380))
+    for source, name in ((models["dit"], "model"), (models["vae"], "vae"), (combined, "prompts"),
+                         (neg, "negative"), (sparse, "refine_model"), (empty, "refine_prompt")):
+        wf.link(source, gen, name)
+    rep = report(wf, g, gen.out("bsa_report"), "BSA report")
+    wf.group("Long video: 1 + 3 segments, refined", [gen, rep])
+    o = Column(1920)
+    video, save = save_video(wf, o, gen.out("IMAGE"), 30.0, "LongCat/long_video")
+    wf.group("Save (30 fps)", [video, save])
+    vram_note(wf, (-520, 0), "Long video with several prompts",
+              "The official long-video recipe: a 93-frame text-to-video clip, then continuation "
+              "segments that each add 80 frames conditioned on the last 13 (KV cache, "
+              "enhance_hf, guidance 4), one prompt per clip: prompt 1 for the first clip, "
+              "prompts 2–4 for segments 1–3 (333 frames at 15 fps, 22 s). Then refinement to "
+              "704×1280 at 30 fps in overlapping windows with the empty prompt. Disconnect "
+              "`refine_model` for stage 1 only. More segments than prompts reuse the last "
+              "prompt.\n\n" + VRAM_480P + "\n\n" + VRAM_720P
+              + "\n\nThe whole video's frames stay in CPU RAM (~1 GB per 100 refined frames).",
+              height=700)
+    return wf
+
+
+def bsa_comparison(info: dict) -> Workflow:
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    p = Column(460)
+    pos = encode(wf, p, models["clip"], PROMPT, "Prompt (both stages)")
+    wf.group("Prompt", [pos])
+    images = _distilled_stage1(wf, models, pos)
+    r = Column(960, 860)
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    on = bsa(wf, r, refine_model, enable=True)
+    off = bsa(wf, r, refine_model, enable=False)
+    wf.group("Refinement LoRA, BSA on / off", [refine_model, on, off])
+    rows = {}
+    for label, model, y in (("on", on, 860), ("off", off, 1560)):
+        c = Column(1440, y)
+        ref = refine(wf, c, model, models["vae"], pos, images, title=f"Refine 720p, BSA {label}")
+        rep = report(wf, c, ref.out("bsa_report"), f"BSA report ({label})")
+        o = Column(1960, y)
+        _, save = save_video(wf, o, ref.out("IMAGE"), 30.0, f"LongCat/refine_bsa_{label}",
+                             title=f"Save 720p, BSA {label}")
+        rows[label] = [ref, rep, save]
+        wf.group(f"Refine with BSA {label}", rows[label],
+                 color="#3f789e" if label == "on" else "#8a4f3f")
+    vram_note(wf, (-520, 0), "BSA on / off comparison",
+              "One distilled 480p clip is refined twice with the same seed: once with "
+              "block-sparse attention (published setting: sparsity 0.9375, 4×4×4 chunks, about "
+              "1/16 of the key blocks), once dense. Compare the two videos and the BSA reports "
+              "(density, kept chunks, which kernel ran); the ComfyUI console logs the run time. "
+              "For a timing comparison run the branches separately (mute one), since both share "
+              "stage 1.\n\n" + VRAM_720P, height=520)
+    return wf
+
+
+WORKFLOWS = {
+    "longcat_t2v_480p.json": t2v_480p,
+    "longcat_t2v_distill_16step.json": t2v_distill,
+    "longcat_t2v_refine_720p_bsa.json": t2v_refine,
+    "longcat_i2v_refine_720p_bsa.json": i2v_refine,
+    "longcat_video_continuation.json": continuation,
+    "longcat_long_video_multi_prompt.json": long_video,
+    "longcat_bsa_on_off_comparison.json": bsa_comparison,
+}
+
+
+def render(name: str, info: dict) -> str:
+    return json.dumps(WORKFLOWS[name](info).to_json(name), indent=1, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args()
+    info = json.loads(OBJECT_INFO.read_text())
+    stale = []
+    for name in WORKFLOWS:
+        text, path = render(name, info), OUT / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        sys.exit(f"out of date (run scripts/build_workflows.py): {stale}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Structural checks of UI-format (frontend) workflows against an ``/object_info`` snapshot.
+
+Used by the CPU tests (against the recorded ``tests/data/object_info.json``) and by the
+real-ComfyUI tests (against the live server). Pure Python; imports neither torch nor ComfyUI.
+
+A workflow passes when the frontend would load it without missing-node or widget errors and
+``/prompt`` would accept its API form: every node type exists, every node's
+``widgets_values`` has exactly the frontend's widget count with valid values, every link joins
+an existing output to an existing input of a matching type, every required socket is
+connected, and every loader node names its files in ``properties.models``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Types the frontend registers itself; they never reach /object_info or /prompt.
+FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
+# Combo options that add an upload button widget, whose value the frontend serialises.
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
+SCALAR_WIDGETS = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN"})
+# Combo widgets that list model files, per node type. The snapshot is recorded on a server
+# without model files (empty lists), so their values are checked against properties.models.
+MODEL_FILE_INPUTS = {
+    "CLIPLoader": {"clip_name"}, "VAELoader": {"vae_name"}, "UNETLoader": {"unet_name"},
+    "LoraLoaderModelOnly": {"lora_name"}, "LongCatModelLoader": {"model_name"},
+    "LongCatLoRA": {"lora_name"},
+}
+# Combo widgets that list files in ComfyUI's input/ folder (any file name is accepted here).
+MEDIA_FILE_INPUTS = {"LoadImage": {"image"}, "LoadVideo": {"file"}}
+# The LongCat DiT has no official single-file download (the release ships fp32 shards that the
+# loader reads as a folder or our converter merges), so the loader's note gives the link instead.
+NO_DOWNLOAD = {("LongCatModelLoader", "model_name")}
+MODEL_DIRECTORIES = frozenset({"diffusion_models", "loras", "text_encoders", "vae"})
+HF_PREFIX = "https://huggingface.co/"
+
+
+def load_json(path: Path) -> dict:
+    """Read one JSON file; a missing file is an error, never an empty result."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _spec_type_and_options(spec: list) -> tuple[object, dict]:
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return spec[0], opts
+
+
+def combo_options(spec: list) -> list | None:
+    """The choices of a combo input spec (V1 ``[[...]]`` or V3 ``["COMBO", {options}]``), else None."""
+    kind, opts = _spec_type_and_options(spec)
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list(opts.get("options", []))
+    return None
+
+
+def is_widget(spec: list) -> bool:
+    """Whether the frontend draws this input as a widget (a value in widgets_values)."""
+    kind, opts = _spec_type_and_options(spec)
+    if combo_options(spec) is not None:
+        return True
+    return kind in SCALAR_WIDGETS and not opts.get("forceInput", False)
+
+
+def widget_slots(name: str, spec: list) -> int:
+    """How many widgets_values entries one widget input takes in the saved workflow.
+
+    The frontend adds a ``control_after_generate`` combo after INT inputs that ask for it or
+    are named ``seed``/``noise_seed`` (legacy rule), and an upload button after upload combos.
+    """
+    kind, opts = _spec_type_and_options(spec)
+    extra = 0
+    if opts.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
+        extra += 1
+    if combo_options(spec) is not None and any(opts.get(flag) for flag in UPLOAD_FLAGS):
+        extra += 1
+    return 1 + extra
+
+
+def ordered_inputs(info: dict) -> list[tuple[str, list, bool]]:
+    """``(name, spec, required)`` for each required then optional input, in the node's order."""
+    out = []
+    for section in ("required", "optional"):
+        specs = info.get("input", {}).get(section, {})
+        order = info.get("input_order", {}).get(section, list(specs))
+        out.extend((name, specs[name], section == "required") for name in order)
+    return out
+
+
+def widget_names(info: dict) -> list[str]:
+    """Names of the widget inputs of one node type, in widgets_values order."""
+    return [name for name, spec, _ in ordered_inputs(info) if is_widget(spec)]
+
+
+def widget_values_by_name(node: dict, info: dict) -> dict:
+    """Map widget name -> value for one node (control_after_generate/upload entries dropped)."""
+    values = list(node.get("widgets_values") or [])
+    out, i = {}, 0
+    for name, spec, _ in ordered_inputs(info):
+        if is_widget(spec):
+            out[name] = values[i] if i < len(values) else None
+            i += widget_slots(name, spec)
+    return out
+
+
+def _check_value(where: str, name: str, spec: list, value, file_inputs: set) -> list[str]:
+    kind, opts = _spec_type_and_options(spec)
+    options = combo_options(spec)
+    if options is not None:
+        if name in file_inputs:
+            ok = isinstance(value, str) and value.strip() != ""
+            return [] if ok else [f"{where}: file widget {name!r} has no file name ({value!r})"]
+        return [] if value in options else [f"{where}: {name}={value!r} not in {options}"]
+    type_ok = {
+        "INT": isinstance(value, int) and not isinstance(value, bool),
+        "FLOAT": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "STRING": isinstance(value, str),
+        "BOOLEAN": isinstance(value, bool),
+    }[kind]
+    if not type_ok:
+        return [f"{where}: {name}={value!r} is not a {kind}"]
+    if kind in ("INT", "FLOAT"):
+        lo, hi = opts.get("min", float("-inf")), opts.get("max", float("inf"))
+        if not lo <= value <= hi:
+            return [f"{where}: {name}={value!r} outside [{lo}, {hi}]"]
+    return []
+
+
+def check_widgets(node: dict, info: dict, file_inputs: set) -> list[str]:
+    """Widget count (with the frontend's extra control/upload entries) and each value's validity."""
+    where = f"node {node['id']} ({node['type']})"
+    values = node.get("widgets_values")
+    if values is None:
+        values = []
+    if not isinstance(values, list):
+        return [f"{where}: widgets_values must be a list, got {type(values).__name__}"]
+    widgets = [(n, s) for n, s, _ in ordered_inputs(info) if is_widget(s)]
+    expected = sum(widget_slots(n, s) for n, s in widgets)
+    if len(values) != expected:
+        names = [n for n, _ in widgets]
+        return [f"{where}: {len(values)} widgets_values, expected {expected} for widgets {names}"]
+    problems, i = [], 0
+    for name, spec in widgets:
+        problems += _check_value(where, name, spec, values[i], file_inputs)
+        if widget_slots(name, spec) > 1 and combo_options(spec) is None:
+            if values[i + 1] not in CONTROL_VALUES:
+                problems.append(f"{where}: control value after {name!r} is {values[i + 1]!r}")
+        i += widget_slots(name, spec)
+    return problems
+
+
+def _types_match(a: str, b: str) -> bool:
+    if "*" in (a, b):
+        return True
+    return bool(set(a.split(",")) & set(b.split(",")))
+
+
+def _spec_socket_type(spec: list) -> str:
+    kind, _ = _spec_type_and_options(spec)
+    return "COMBO" if combo_options(spec) is not None else str(kind)
+
+
+def check_node_sockets(node: dict, info: dict) -> list[str]:
+    """Serialized inputs/outputs agree with the schema; required sockets are connected."""
+    where = f"node {node['id']} ({node['type']})"
+    specs = {name: (spec, req) for name, spec, req in ordered_inputs(info)}
+    problems = []
+    connected = set()
+    for entry in node.get("inputs") or []:
+        name = entry.get("name")
+        if name not in specs:
+            problems.append(f"{where}: input {name!r} is not in the schema")
+            continue
+        spec, _ = specs[name]
+        if is_widget(spec) and "widget" not in entry:
+            problems.append(f"{where}: widget input {name!r} listed without 'widget'")
+        if not _types_match(entry.get("type", ""), _spec_socket_type(spec)):
+            problems.append(f"{where}: input {name!r} type {entry.get('type')!r} != schema")
+        if entry.get("link") is not None:
+            connected.add(name)
+    for name, (spec, required) in specs.items():
+        if required and not is_widget(spec) and name not in connected:
+            problems.append(f"{where}: required input {name!r} is not connected")
+    outputs = node.get("outputs") or []
+    schema_out = info.get("output", [])
+    if len(outputs) != len(schema_out):
+        problems.append(f"{where}: {len(outputs)} outputs, schema has {len(schema_out)}")
+    for slot, (entry, kind) in enumerate(zip(outputs, schema_out)):
+        kind = "COMBO" if isinstance(kind, list) else kind
+        if not _types_match(entry.get("type", ""), kind):
+            problems.append(f"{where}: output {slot} type {entry.get('type')!r} != {kind!r}")
+    return problems
+
+
+def check_links(workflow: dict) -> list[str]:
+    """Every link joins an existing output slot to an existing input slot, both recording it."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    problems, seen = [], set()
+    for link in workflow.get("links", []):
+        if not (isinstance(link, list) and len(link) == 6):
+            problems.append(f"link {link!r} is not [id, origin, slot, target, slot, type]")
+            continue
+        lid, src, sslot, dst, dslot, kind = link
+        seen.add(lid)
+        if src not in nodes or dst not in nodes:
+            problems.append(f"link {lid}: node {src} or {dst} does not exist")
+            continue
+        outs = nodes[src].get("outputs") or []
+        ins = nodes[dst].get("inputs") or []
+        if sslot >= len(outs) or lid not in (outs[sslot].get("links") or []):
+            problems.append(f"link {lid}: output {sslot} of node {src} does not list it")
+        elif not _types_match(outs[sslot].get("type", ""), kind):
+            problems.append(f"link {lid}: type {kind!r} != output type {outs[sslot].get('type')!r}")
+        if dslot >= len(ins) or ins[dslot].get("link") != lid:
+            problems.append(f"link {lid}: input {dslot} of node {dst} does not hold it")
+        elif not _types_match(ins[dslot].get("type", ""), kind):
+            problems.append(f"link {lid}: type {kind!r} != input type {ins[dslot].get('type')!r}")
+    for node in nodes.values():
+        for entry in node.get("inputs") or []:
+            if entry.get("link") is not None and entry["link"] not in seen:
+                problems.append(f"node {node['id']}: input {entry.get('name')!r} has dangling link")
+        for entry in node.get("outputs") or []:
+            for lid in entry.get("links") or []:
+                if lid not in seen:
+                    problems.append(f"node {node['id']}: output lists dangling link {lid}")
+    return problems
+
+
+def check_models(node: dict, info: dict) -> list[str]:
+    """Loader nodes: each file widget value has a ``properties.models`` entry the frontend uses.
+
+    The frontend keeps only entries whose ``name`` equals a widget value, offers downloads only
+    from huggingface.co for ``.safetensors`` names, and needs ``directory`` to be a model folder.
+    """
+    where = f"node {node['id']} ({node['type']})"
+    wanted = MODEL_FILE_INPUTS.get(node["type"], set())
+    files = {k: v for k, v in widget_values_by_name(node, info).items()
+             if k in wanted and (node["type"], k) not in NO_DOWNLOAD}
+    if not files:
+        return []
+    models = (node.get("properties") or {}).get("models") or []
+    names = {m.get("name") for m in models}
+    problems = [f"{where}: file {v!r} ({k}) has no properties.models entry"
+                for k, v in files.items() if v not in names]
+    for m in models:
+        if m.get("name") not in files.values():
+            problems.append(f"{where}: properties.models entry {m.get('name')!r} matches no widget")
+        if not str(m.get("url", "")).startswith(HF_PREFIX):
+            problems.append(f"{where}: model url {m.get('url')!r} is not on {HF_PREFIX}")
+        if not str(m.get("name", "")).endswith(".safetensors"):
+            problems.append(f"{where}: model name {m.get('name')!r} is not .safetensors")
+        if m.get("directory") not in MODEL_DIRECTORIES:
+            problems.append(f"{where}: model directory {m.get('directory')!r} unknown")
+    return problems
+
+
+def check_top_level(workflow: dict) -> list[str]:
+    """Ids unique and within last_node_id/last_link_id; the frontend's schema version."""
+    problems = []
+    for key in ("nodes", "links", "version", "last_node_id", "last_link_id"):
+        if key not in workflow:
+            problems.append(f"missing top-level key {key!r}")
+    if problems:
+        return problems
+    node_ids = [n["id"] for n in workflow["nodes"]]
+    link_ids = [link[0] for link in workflow["links"]]
+    if len(set(node_ids)) != len(node_ids) or len(set(link_ids)) != len(link_ids):
+        problems.append("node or link ids are not unique")
+    if node_ids and max(node_ids) > workflow["last_node_id"]:
+        problems.append("last_node_id is below the highest node id")
+    if link_ids and max(link_ids) > workflow["last_link_id"]:
+        problems.append("last_link_id is below the highest link id")
+    if workflow.get("definitions", {}).get("subgraphs"):
+        problems.append("subgraphs are not supported by this validator")
+    return problems
+
+
+def check_workflow(workflow: dict, object_info: dict) -> list[str]:
+    """All structural problems of one UI-format workflow; an empty list means valid."""
+    problems = check_top_level(workflow)
+    if problems:
+        return problems
+    for node in workflow["nodes"]:
+        kind = node.get("type")
+        if kind in FRONTEND_ONLY:
+            continue
+        if kind not in object_info or kind == "_meta":
+            problems.append(f"node {node['id']}: type {kind!r} not in object_info")
+            continue
+        info = object_info[kind]
+        files = MODEL_FILE_INPUTS.get(kind, set()) | MEDIA_FILE_INPUTS.get(kind, set())
+        problems += check_widgets(node, info, files)
+        problems += check_node_sockets(node, info)
+        problems += check_models(node, info)
+    return problems + check_links(workflow)
