@@ -30,14 +30,16 @@ def test_divisible_grid_is_official_order():
     torch.testing.assert_close(from_chunk_order(y, layout), x, rtol=0, atol=0)
 
 
+# D·itemsize = 16 bytes moves as int64 words; 6 bytes (fp16, D=3) as plain elements.
+@pytest.mark.parametrize("D,dtype", [(4, torch.float32), (3, torch.float16)])
 @pytest.mark.parametrize("grid,chunk", [((3, 6, 7), (2, 4, 4)), ((1, 30, 52), (1, 4, 4)), ((5, 4, 4), (4, 4, 4))])
-def test_padded_round_trip(grid, chunk):
+def test_padded_round_trip(grid, chunk, D, dtype):
     S = grid[0] * grid[1] * grid[2]
-    x = torch.randn(1, 2, S, 4)
+    x = torch.randn(1, 2, S, D).to(dtype)
     layout = make_layout(grid, chunk)
     assert layout.padded
     y = to_chunk_order(x, layout)
-    assert y.shape == (1, 2, layout.num_chunks * layout.chunk_size, 4)
+    assert y.shape == (1, 2, layout.num_chunks * layout.chunk_size, D) and y.dtype == dtype
     torch.testing.assert_close(from_chunk_order(y, layout), x, rtol=0, atol=0)
 
 
