@@ -98,3 +98,18 @@ def test_sampler_node_equals_the_model_package_pipeline(comfy_env, comfy_models)
                        num_cond_latents=1, use_kv_cache=True)
     torch.testing.assert_close(latent_format.process_in(got["samples"]), want, rtol=1e-5, atol=1e-5)
     assert got["longcat_num_cond_latents"] == 1
+
+
+def test_torch_compile_model_wrapper_runs_our_model(comfy_env, comfy_models):
+    """TorchCompileModel's wrapper (inductor; ~35 s to compile on 2 CPU cores) matches eager."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    compiled = patcher.clone()
+    set_torch_compile_wrapper(model=compiled, backend="inductor")
+    noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(2))
+    cond = [[_context(), {}]]
+    samplers = comfy_env["samplers"]
+    run = lambda m: samplers.sample(m, noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),  # noqa: E731
+                                    torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
+    torch.testing.assert_close(run(compiled), run(patcher), rtol=1e-5, atol=1e-5)
