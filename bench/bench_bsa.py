@@ -23,17 +23,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack  # noqa: E402
+from _standalone import import_pack
 
 import_pack()
-from longcat_pack.kernels import block_sparse_attention  # noqa: E402
-from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton  # noqa: E402
-from longcat_pack.kernels.chunking import make_layout, to_chunk_order  # noqa: E402
-from longcat_pack.kernels.gating import gate  # noqa: E402
+from longcat_pack.kernels import block_sparse_attention
+from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton
+from longcat_pack.kernels.chunking import make_layout, to_chunk_order
+from longcat_pack.kernels.gating import gate
 
 GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80)}
 SPARSITIES = (0.875, 0.9375, 0.96875)
@@ -69,7 +69,7 @@ def _dense(q, k, v):
 
 def _flex_runner(qc, kc, vc, indices, counts, nk):
     """Compiled flex_attention over our blocks; kv_indices padded to width Nk (one compile/shape)."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask
 
     B, H, nq, kmax = indices.shape
     full = torch.zeros(B, H, nq, nk, dtype=torch.int32, device=qc.device)
@@ -90,7 +90,7 @@ def _bench_sparse(name, grid, q, k, v, s, flex, dense_ms):
     row = {"grid_name": name, "grid": grid, "tokens": layout.num_tokens, "sparsity": s,
            "blocks_per_query_chunk": int(counts[0, 0, 0])}
     row["gating_ms"] = _ms(lambda: gate(qc, kc, layout, layout, s, None))
-    kernel = lambda: bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64)  # noqa: E731
+    kernel = lambda: bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64)
     row["kernel_ms"] = _ms(kernel)
     row["total_ms"] = _ms(lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s))
     ours = kernel()
@@ -121,8 +121,8 @@ def _sweep(q, k, v, grid, s):
     for warps, stages in ((4, 2), (4, 3), (4, 4), (8, 3)):
         key = f"w{warps}s{stages}"
         try:
-            out[key] = _ms(lambda: bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64, num_warps=warps,
-                                                  num_stages=stages))
+            out[key] = _ms(lambda w=warps, st=stages: bsa_fwd_triton(
+                qc, kc, vc, indices, counts, 64, 64, num_warps=w, num_stages=st))
         except Exception as err:  # noqa: BLE001 — an unlaunchable config is a result, not a crash
             out[key] = f"failed: {type(err).__name__}"
     return out
@@ -134,7 +134,7 @@ def _print_table(rows, dense, card):
            "tot/((1-s)cuDNN)")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
-    fmt = lambda x: "-" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))  # noqa: E731
+    fmt = lambda x: "-" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))
     for r in rows:
         d = dense[r["grid_name"]]
         print("| " + " | ".join(fmt(x) for x in (

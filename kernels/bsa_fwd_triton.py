@@ -69,7 +69,7 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
     """General path: each selected chunk in N_SUB tiles of BLOCK_N, masking padded key slots."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    for i in range(0, count):
+    for i in range(count):
         blk = tl.load(idx_ptr + i).to(tl.int64)
         n_real = CHUNK_K
         if MASK_KEYS:

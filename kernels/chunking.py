@@ -139,7 +139,7 @@ def to_chunk_order(x, layout):
 
 
 def _to_chunk_order(x, layout):
-    B, Hh, S, D = x.shape
+    B, Hh, _, D = x.shape
     if not layout.padded:
         (T, H, W), (t, h, w) = layout.grid, layout.chunk
         x6 = x.reshape(B, Hh, T // t, t, H // h, h, W // w, w, D)

@@ -24,7 +24,7 @@ def _masked_dense(q, k, v, grid_q, grid_k, chunk_q, chunk_k, indices, counts):
     indices/counts: [B, H, Nq, Kmax] / [B, H, Nq] (the first counts entries of each row count).
     """
     cq, ck = _chunk_ids(grid_q, chunk_q), _chunk_ids(grid_k, chunk_k)
-    B, H, Nq, kmax = indices.shape
+    B, H, Nq, _ = indices.shape
     nk = int(ck.max()) + 1
     allowed = torch.zeros(B, H, Nq, nk, dtype=torch.bool)
     for b in range(B):

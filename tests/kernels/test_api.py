@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from longcat_pack.kernels import BSAReport, block_sparse_attention
 
 try:
@@ -125,21 +124,21 @@ def test_triton_not_importable_reported(monkeypatch):
     assert report.backend == "torch" and report.reason.startswith("triton not importable")
 
 
-GOOD = dict(grid_q=(2, 4, 4), grid_k=(2, 4, 4))
+GOOD = {"grid_q": (2, 4, 4), "grid_k": (2, 4, 4)}
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sparsity=1.0), "sparsity"),
-    (dict(sparsity=-0.1), "sparsity"),
-    (dict(sparsity="0.5"), "sparsity"),
-    (dict(cdf_threshold=0.0), "cdf_threshold"),
-    (dict(cdf_threshold=1.5), "cdf_threshold"),
-    (dict(sparsity=None, cdf_threshold=None), "both be None"),
-    (dict(chunk_3d_shape_q=(0, 4, 4)), "chunk_3d_shape_q"),
-    (dict(chunk_3d_shape_k=(4, -1, 4)), "chunk_3d_shape_k"),
-    (dict(grid_q=(2, 4, 5)), "grid_q"),
-    (dict(grid_k=(3, 4, 4)), "grid_k"),
-    (dict(backend="cuda"), "backend"),
+    ({"sparsity": 1.0}, "sparsity"),
+    ({"sparsity": -0.1}, "sparsity"),
+    ({"sparsity": "0.5"}, "sparsity"),
+    ({"cdf_threshold": 0.0}, "cdf_threshold"),
+    ({"cdf_threshold": 1.5}, "cdf_threshold"),
+    ({"sparsity": None, "cdf_threshold": None}, "both be None"),
+    ({"chunk_3d_shape_q": (0, 4, 4)}, "chunk_3d_shape_q"),
+    ({"chunk_3d_shape_k": (4, -1, 4)}, "chunk_3d_shape_k"),
+    ({"grid_q": (2, 4, 5)}, "grid_q"),
+    ({"grid_k": (3, 4, 4)}, "grid_k"),
+    ({"backend": "cuda"}, "backend"),
 ])
 def test_bad_input_raises(kwargs, match):
     q, k, v = _qkv((2, 4, 4), (2, 4, 4))

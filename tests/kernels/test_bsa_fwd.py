@@ -6,7 +6,6 @@ the gate. Shapes stay tiny: the interpreter costs a few ms per tile step.
 
 import pytest
 import torch
-
 from longcat_pack.kernels.chunking import from_chunk_order, make_layout, to_chunk_order
 from longcat_pack.kernels.reference import bsa_fwd_reference
 

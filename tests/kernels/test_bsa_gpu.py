@@ -8,7 +8,6 @@ A subset of heads keeps the reference fast; the kernel's work per head is indepe
 import pytest
 import torch
 import torch.nn.functional as F
-
 from longcat_pack.kernels import block_sparse_attention
 from longcat_pack.kernels.chunking import make_layout, to_chunk_order
 from longcat_pack.kernels.gating import gate
@@ -28,7 +27,7 @@ def _rel_l2(a, b):
 
 def _inputs(sq, sk, heads, D, dtype, seed=0):
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    mk = lambda s: torch.randn(1, heads, s, D, device="cuda", generator=gen).to(dtype)  # noqa: E731
+    mk = lambda s: torch.randn(1, heads, s, D, device="cuda", generator=gen).to(dtype)
     return mk(sq), mk(sk), mk(sk)
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from longcat_pack.kernels.chunking import from_chunk_order, make_layout, to_chunk_order
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from longcat_pack.kernels.chunking import make_layout, to_chunk_order
 from longcat_pack.kernels.gating import gate, pool_chunks, select_blocks, topk_count
 
@@ -46,7 +45,7 @@ def test_selection_matches_rederivation(grid_q, grid_k, chunk_q, chunk_k, sparsi
     expected = rederive_selection(q, k, grid_q, grid_k, chunk_q, chunk_k, sparsity, cdf)
     assert _as_sets(indices, counts) == expected
     # Each row's used prefix is ascending and distinct (sorted for L2 reuse).
-    for (b, h, c), _ in expected.items():
+    for b, h, c in expected:
         row = indices[b, h, c, : counts[b, h, c]]
         assert (row[1:] > row[:-1]).all()
 
