@@ -82,7 +82,9 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
     if dim % 2:
         raise ValueError(f"frequency_embedding_size must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    # Frequencies on the CPU, as the official code computes them: GPU exp differs in the last ulp,
+    # which flips bf16 roundings downstream.
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
     args = t.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 

@@ -22,24 +22,28 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * dim_hw, dim_hw, dim_hw
 
 
-def _axis_angles(n: int, dim: int, device) -> torch.Tensor:
+def _axis_angles(n: int, dim: int) -> torch.Tensor:
     """Angles ``pos·θ^(−2j/dim)`` with each frequency repeated twice (interleaved): fp32 ``[n, dim]``.
 
-    Computed in fp32 as ``1 / θ^(2j/dim)`` like the official table, so angles match bit for bit.
+    Computed on the CPU in fp32 as ``1 / θ^(2j/dim)``, like the official table, so angles match
+    bit for bit (GPU pow differs in the last ulp).
     """
-    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
-    pos = torch.arange(n, device=device, dtype=torch.float32)
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    pos = torch.arange(n, dtype=torch.float32)
     return torch.outer(pos, inv_freq).repeat_interleave(2, dim=-1)
 
 
 def rope_table(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables for a ``(T, H, W)`` token grid: fp32 ``[T·H·W, head_dim]`` each, T-major."""
+    """cos and sin tables for a ``(T, H, W)`` token grid: fp32 ``[T·H·W, head_dim]`` each, T-major.
+
+    Angles are built on the CPU; cos and sin are taken on ``device`` (where the official code takes them).
+    """
     t, h, w = grid
     dim_t, dim_h, dim_w = rope_axis_dims(head_dim)
-    at = _axis_angles(t, dim_t, device)[:, None, None, :].expand(t, h, w, dim_t)
-    ah = _axis_angles(h, dim_h, device)[None, :, None, :].expand(t, h, w, dim_h)
-    aw = _axis_angles(w, dim_w, device)[None, None, :, :].expand(t, h, w, dim_w)
-    angles = torch.cat([at, ah, aw], dim=-1).reshape(t * h * w, head_dim)
+    at = _axis_angles(t, dim_t)[:, None, None, :].expand(t, h, w, dim_t)
+    ah = _axis_angles(h, dim_h)[None, :, None, :].expand(t, h, w, dim_h)
+    aw = _axis_angles(w, dim_w)[None, None, :, :].expand(t, h, w, dim_w)
+    angles = torch.cat([at, ah, aw], dim=-1).reshape(t * h * w, head_dim).to(device)
     return angles.cos(), angles.sin()
 
 
