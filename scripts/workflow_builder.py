@@ -53,7 +53,7 @@ class Node:
     type: str
     data: dict = field(repr=False)
 
-    def out(self, name_or_slot: str | int = 0) -> tuple["Node", int]:
+    def out(self, name_or_slot: str | int = 0) -> tuple[Node, int]:
         outputs = self.data["outputs"]
         if isinstance(name_or_slot, int):
             return self, name_or_slot

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "comfyui"))
-from comfy_server import ComfyServer  # noqa: E402
+from comfy_server import ComfyServer
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from comfy_server import PACK_FOLDER
 from tiny_models import TINY
 
 pytestmark = pytest.mark.comfyui
@@ -95,6 +96,14 @@ def stand_ins(comfy_server):
 
 def test_bundled_workflows_found():
     assert len(WORKFLOWS) == 7, f"expected 7 bundled workflows, found {[p.name for p in WORKFLOWS]}"
+
+
+def test_workflows_served_as_templates(comfy_server):
+    """ComfyUI lists workflows/ of the pack in its template browser and serves the files."""
+    listed = comfy_server.get("/workflow_templates").get(PACK_FOLDER, [])
+    assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
+    served = comfy_server.get(f"/api/workflow_templates/{PACK_FOLDER}/{WORKFLOWS[0].name}")
+    assert served == json.loads(WORKFLOWS[0].read_text())
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -148,9 +148,9 @@ def check_widgets(node: dict, info: dict, file_inputs: set) -> list[str]:
     problems, i = [], 0
     for name, spec in widgets:
         problems += _check_value(where, name, spec, values[i], file_inputs)
-        if widget_slots(name, spec) > 1 and combo_options(spec) is None:
-            if values[i + 1] not in CONTROL_VALUES:
-                problems.append(f"{where}: control value after {name!r} is {values[i + 1]!r}")
+        has_control = widget_slots(name, spec) > 1 and combo_options(spec) is None
+        if has_control and values[i + 1] not in CONTROL_VALUES:
+            problems.append(f"{where}: control value after {name!r} is {values[i + 1]!r}")
         i += widget_slots(name, spec)
     return problems
 

@@ -204,8 +204,10 @@ def long_video(g: Graph) -> list[str]:
                              "guidance_scale": 4.0, "seed": 42, "use_kv_cache": True,
                              "t_thresh": 0.5, "refine_width": 1280, "refine_height": 704})
         prompts = g.upstream(node, "prompts", "CLIPTextEncode")
-        if len(prompts) < 2:
-            problems.append(f"long video: {len(prompts)} prompts, expected several")
+        clips = g.widgets(node)["num_segments"] + 1
+        if len(prompts) < 2 or len(prompts) != clips:
+            problems.append(f"long video: {len(prompts)} prompts for {clips} clips; the node "
+                            "needs one per clip")
         negative = g.source(node, "negative")
         if negative is None or not g.widgets(negative)["text"].startswith(OFFICIAL_NEGATIVE_START):
             problems.append("long video: negative is not the official negative prompt")

@@ -1,0 +1,159 @@
+"""Pieces the bundled workflows share: model files and links, prompts, notes, and the node
+groups each stage is made of (used by ``build_workflows.py``)."""
+
+from workflow_builder import Column, Workflow
+
+HF_LONGCAT = "https://huggingface.co/meituan-longcat/LongCat-Video"
+HF_WAN = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+DIT_FILE = "longcat_video_dit_bf16.safetensors"
+UMT5 = {"name": "umt5_xxl_fp16.safetensors", "directory": "text_encoders",
+        "url": f"{HF_WAN}/text_encoders/umt5_xxl_fp16.safetensors?download=true"}
+VAE = {"name": "wan_2.1_vae.safetensors", "directory": "vae",
+       "url": f"{HF_WAN}/vae/wan_2.1_vae.safetensors?download=true"}
+CFG_LORA = {"name": "cfg_step_lora.safetensors", "directory": "loras",
+            "url": f"{HF_LONGCAT}/resolve/main/lora/cfg_step_lora.safetensors?download=true"}
+REFINE_LORA = {"name": "refinement_lora.safetensors", "directory": "loras",
+               "url": f"{HF_LONGCAT}/resolve/main/lora/refinement_lora.safetensors?download=true"}
+
+# The official demos' negative prompt (reference/longcat.md 3.8), used with guidance 4.
+NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, "
+            "paintings, images, static, overall gray, worst quality, low quality, JPEG "
+            "compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly "
+            "drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+            "messy background, three legs, many people in the background, walking backwards")
+PROMPT = ("A golden retriever runs along a sunlit beach at sunset, waves rolling onto the sand, "
+          "the camera tracking alongside at a low angle. Warm light, realistic, cinematic.")
+I2V_PROMPT = ("The woman in the picture slowly turns her head toward the camera and smiles, "
+              "her hair moving in a light breeze. Natural light, realistic.")
+VC_PROMPT = ("The scene continues: the camera keeps moving forward as the subject walks on, "
+             "same lighting and style as the input video.")
+STORY = (
+    ("A woman in a red coat walks through a snowy pine forest in the morning, snow crunching "
+     "under her boots, the camera following from behind."),
+    "She stops and looks up as a gust of wind shakes snow from the branches around her.",
+    "She reaches the edge of a frozen lake and carefully steps onto the ice.",
+    "The camera rises and pulls back, revealing the whole frozen lake surrounded by forest.",
+)
+SEED = 42  # the official demos' seed (42 + rank)
+
+DIT_NOTE = f"""## LongCat-Video DiT
+
+The official release ships the DiT as fp32 shards in [`dit/`]({HF_LONGCAT}/tree/main/dit)
+(~54 GB); there is no single file to download, so this loader has no download link.
+
+Either
+
+* convert once to one bf16 file (27.2 GB) in `models/diffusion_models/`:
+  `python scripts/convert_longcat.py <LongCat-Video>/dit models/diffusion_models/{DIT_FILE}`
+  (add `--dtype fp8_e4m3fn` for a ~13.6 GB fp8 file), or
+* put (or symlink) the official `dit/` folder under `models/diffusion_models/` and pick it here
+  (it is cast while loading).
+
+See `docs/model.md`."""
+
+
+def vram_note(wf: Workflow, pos, title: str, body: str, height: int = 420) -> None:
+    wf.note(pos, f"## {title}\n\n{body}", title="About this workflow", width=460, height=height)
+
+
+def load_models(wf: Workflow, col: Column) -> dict:
+    """DiT, umT5 and VAE loaders stacked in ``col``; returns the nodes by role."""
+    dit = col.push(wf.add("LongCatModelLoader", col.next(), {"model_name": DIT_FILE},
+                          title="Load LongCat-Video DiT", width=380))
+    clip = col.push(wf.add("CLIPLoader", col.next(),
+                           {"clip_name": UMT5["name"], "type": "wan"}, width=380, models=[UMT5]))
+    vae = col.push(wf.add("VAELoader", col.next(), {"vae_name": VAE["name"]}, width=380,
+                          models=[VAE]))
+    note = col.push(wf.note(col.next(), DIT_NOTE, title="DiT file", width=380, height=330))
+    wf.group("Models", [dit, clip, vae, note])
+    return {"dit": dit, "clip": clip, "vae": vae}
+
+
+def encode(wf: Workflow, col: Column, clip, text: str, title: str, negative=False):
+    color = ("#322", "#533") if negative else ("#232", "#353")
+    node = col.push(wf.add("CLIPTextEncode", col.next(), {"text": text}, title=title,
+                           width=420, color=color))
+    wf.link(clip, node, "clip")
+    return node
+
+
+def lora(wf: Workflow, col: Column, model, spec: dict, title: str):
+    node = col.push(wf.add("LongCatLoRA", col.next(), {"lora_name": spec["name"],
+                                                        "strength": 1.0},
+                           title=title, width=360, models=[spec]))
+    wf.link(model, node, "model")
+    return node
+
+
+def sample(wf: Workflow, col: Column, model, positive, latent, mode: str, steps: int,
+           guidance: float, negative=None, title="LongCat Sampler"):
+    """LongCat Scheduler + LongCat Sampler; returns the sampler node."""
+    sched = col.push(wf.add("LongCatScheduler", col.next(),
+                            {"mode": mode, "steps": steps, "t_thresh": 0.5, "shift": 12.0}))
+    sampler = col.push(wf.add("LongCatSampler", col.next(),
+                              {"seed": SEED, "guidance_scale": guidance, "use_kv_cache": True,
+                               "offload_kv_cache": False}, title=title))
+    wf.link(model, sampler, "model")
+    wf.link(positive, sampler, "positive")
+    wf.link(latent, sampler, "latent")
+    wf.link(sched, sampler, "sigmas")
+    if negative is not None:
+        wf.link(negative, sampler, "negative")
+    return sampler
+
+
+def save_video(wf: Workflow, col: Column, images, fps: float, prefix: str, title=None):
+    video = col.push(wf.add("CreateVideo", col.next(), {"fps": fps}))
+    wf.link(images, video, "images")
+    save = col.push(wf.add("SaveVideo", col.next(), {"filename_prefix": prefix}, width=420,
+                           title=title))
+    wf.link(video, save, "video")
+    return video, save
+
+
+def decode(wf: Workflow, col: Column, sampler, vae):
+    node = col.push(wf.add("VAEDecode", col.next()))
+    wf.link(sampler.out("LATENT"), node, "samples")
+    wf.link(vae, node, "vae")
+    return node
+
+
+def bsa(wf: Workflow, col: Column, model, enable: bool = True):
+    node = col.push(wf.add("LongCatBSASettings", col.next(),
+                           {"enable": enable, "preset": "refine 720p", "sparsity": 0.9375,
+                            "cdf_threshold": 0.0, "chunk_q": "4,4,4", "chunk_k": "4,4,4"},
+                           title="LongCat BSA Settings" + ("" if enable else " (off)"),
+                           width=360))
+    wf.link(model, node, "model")
+    return node
+
+
+def refine(wf: Workflow, col: Column, model, vae, positive, frames, title="LongCat Refine 720p",
+           num_cond_frames: int = 0):
+    node = col.push(wf.add("LongCatRefine720p", col.next(),
+                           {"width": 1280, "height": 704, "t_thresh": 0.5,
+                            "spatial_refine_only": False, "seed": SEED,
+                            "num_cond_frames": num_cond_frames}, title=title, width=360))
+    wf.link(model, node, "model")
+    wf.link(vae, node, "vae")
+    wf.link(positive, node, "positive")
+    wf.link(frames, node, "frames")
+    return node
+
+
+def report(wf: Workflow, col: Column, source, title: str):
+    node = col.push(wf.add("PreviewAny", col.next(), title=title, width=420))
+    wf.link(source, node, "source")
+    return node
+
+
+VRAM_480P = """**VRAM** (weights; activations come on top, not measured here): DiT bf16 27.2 GB
+(fp8: ~13.6 GB, set `weight_dtype` to `fp8_e4m3fn` or use an fp8 file), umT5-XXL fp16 ~11 GB
+(only while encoding; ComfyUI offloads it before sampling), Wan 2.1 VAE ~0.25 GB. A 480×832×93
+clip is 37,440 tokens; guidance > 1 runs the DiT on a batch of 2. Estimate: a 48 GB card in bf16;
+on 24 GB use fp8 and let ComfyUI offload part of the weights (`--lowvram`), which is slower."""
+
+VRAM_720P = """**Refinement VRAM**: 704×1280 with 2× frames is ~169k tokens per forward (4.5× the 480p
+stage), one DiT pass per step (no CFG), 5 steps. Attention dominates the time; BSA at sparsity
+0.9375 computes about 1/16 of the key blocks. VAE encode/decode of 186 frames at 720p needs
+several GB on its own. Estimate: an 80 GB card in bf16, or fp8 weights plus offloading."""
