@@ -261,7 +261,7 @@ def load_state_dict(path, dtype: torch.dtype | None = None, device="cpu") -> dic
     return state
 
 
-def _read_config_flag(path) -> bool:
+def read_text_tokens_zero_pad(path) -> bool:
     """``text_tokens_zero_pad`` from the official ``dit/config.json`` (folder or index input), default True."""
     path = Path(path)
     if not (path.is_dir() or path.name.endswith(".index.json")):
@@ -284,7 +284,7 @@ def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=No
     """
     state = load_state_dict(path, dtype=dtype, device=device)
     config = infer_config(state)
-    model = LongCatVideoDiT(**config, text_tokens_zero_pad=_read_config_flag(path), attention=attention,
+    model = LongCatVideoDiT(**config, text_tokens_zero_pad=read_text_tokens_zero_pad(path), attention=attention,
                             device="meta", operations=cast_ops if operations is None else operations)
     model.load_state_dict(state, strict=True, assign=True)
     return model.requires_grad_(False).eval()

@@ -132,7 +132,7 @@ def load_longcat_model(path, weight_dtype=None):
     """
     infos = weights.collect_tensors(path)
     dit_config = weights.infer_config(infos)
-    dit_config["text_tokens_zero_pad"] = weights._read_config_flag(path)
+    dit_config["text_tokens_zero_pad"] = weights.read_text_tokens_zero_pad(path)
     config = LongCatVideoConfig({"image_model": "longcat_video", "meta_init": True, **dit_config})
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
