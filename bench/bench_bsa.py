@@ -5,11 +5,17 @@ normal q/k/v in raster order) this times, with ``triton.testing.do_bench`` media
   * dense SDPA, flash backend and cuDNN backend;
   * FlexAttention (torch.compile'd) over exactly our selected 64-token blocks, on chunk-ordered
     inputs (gating and reorders excluded, like the kernel-only number);
-  * ours: gating (pool + score + top-K + sort, on chunk-ordered inputs), the Triton kernel alone,
-    and the whole public call (reorders + gating + kernel + inverse reorder).
+  * ours: gating (Triton pool from raster order + slabbed scores + fused top-K), the raster
+    kernel alone, and the whole public call (no reorders on divisible grids), with the call's
+    peak VRAM; plus, in the same run, the previous version (reorders + torch gating +
+    chunk-order kernel + inverse reorder) as the baseline of this change;
+  * launch variants of the kernel at 720p, s=0.9375 (warps/stages, grid order, warp
+    specialisation) and the long-grid check (T96 H44 W80: whole call, time and peak VRAM).
 It prints a table and writes JSON (card, versions, shapes, every number).
 
-Usage (on a CUDA machine): python bench/bench_bsa.py --out results.json [--grids 480p,720p,refine]
+Usage (on a CUDA machine):
+  python bench/bench_bsa.py --out results.json [--grids 480p,720p,refine] [--sparsities 0.9375]
+      [--no-flex] [--dense cudnn|all|none] [--long]
 """
 
 import argparse
@@ -31,11 +37,18 @@ from _standalone import import_pack
 
 import_pack()
 from longcat_pack.kernels import block_sparse_attention
-from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton
-from longcat_pack.kernels.chunking import make_layout, to_chunk_order
-from longcat_pack.kernels.gating import gate
+from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton, bsa_fwd_triton_raster
+from longcat_pack.kernels.chunking import from_chunk_order, make_layout, to_chunk_order
+from longcat_pack.kernels.gating import (
+    chunk_scores,
+    pool_chunks,
+    select_blocks,
+    select_slabbed,
+)
+from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_triton
 
-GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80)}
+GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80),
+         "long": (96, 44, 80)}
 SPARSITIES = (0.875, 0.9375, 0.96875)
 HEADS, HEAD_DIM, CHUNK = 32, 128, (4, 4, 4)
 # Official LongCat BSA on an H200 (reference/kernels.md, last section): total, gating, kernel ms.
@@ -52,10 +65,11 @@ def _ms(fn):
     return do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def _dense(q, k, v):
+def _dense(q, k, v, which):
     out = {}
-    for name, backend in (("sdpa_flash_ms", SDPBackend.FLASH_ATTENTION),
-                          ("sdpa_cudnn_ms", SDPBackend.CUDNN_ATTENTION)):
+    backends = (("sdpa_flash_ms", SDPBackend.FLASH_ATTENTION),
+                ("sdpa_cudnn_ms", SDPBackend.CUDNN_ATTENTION))
+    for name, backend in backends[1:] if which == "cudnn" else backends:
         def run(backend=backend):
             with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v)
@@ -83,17 +97,65 @@ def _flex_runner(qc, kc, vc, indices, counts, nk):
 _flex_runner.compiled = None
 
 
+def _peak_mb(fn):
+    """Peak VRAM of one call above what was allocated before it (MB)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _gate_ours(q, kc, layout, s):
+    """The public call's gating: q pooled from raster order, k from its chunk-ordered copy."""
+    qp = pool_chunks_triton(q, layout, raster=True)
+    kp = pool_chunks_triton(kc, layout, raster=False)
+    return select_slabbed(qp, kp, s, None, topk_select_triton)
+
+
+def _gate_raster(q, k, layout, s):
+    qp, kp = pool_chunks_triton(q, layout, raster=True), pool_chunks_triton(k, layout, raster=True)
+    return select_slabbed(qp, kp, s, None, topk_select_triton)
+
+
+def _previous_gate(qc, kc, s):
+    """The previous version's gating: torch pool, one score matrix, torch.topk + sort."""
+    scores = chunk_scores(pool_chunks(qc, 64), pool_chunks(kc, 64))
+    return select_blocks(scores, s, None, HEAD_DIM)
+
+
+def _previous_call(q, k, v, layout, s):
+    """The previous version's public call: reorders, torch gating, pointer-load chunk-order
+    kernel (4 warps, 4 stages), inverse reorder."""
+    qc, kc, vc = (to_chunk_order(x, layout) for x in (q, k, v))
+    indices, counts = _previous_gate(qc, kc, s)
+    out = bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64, num_stages=4, tma=False)
+    return from_chunk_order(out, layout)
+
+
 def _bench_sparse(name, grid, q, k, v, s, flex, dense_ms):
     layout = make_layout(grid, CHUNK)
-    qc, kc, vc = (to_chunk_order(x, layout) for x in (q, k, v))
-    indices, counts = gate(qc, kc, layout, layout, s, None)
+    kc, vc = to_chunk_order(k, layout), to_chunk_order(v, layout)
+    indices, counts = _gate_ours(q, kc, layout, s)
     row = {"grid_name": name, "grid": grid, "tokens": layout.num_tokens, "sparsity": s,
            "blocks_per_query_chunk": int(counts[0, 0, 0])}
-    row["gating_ms"] = _ms(lambda: gate(qc, kc, layout, layout, s, None))
-    kernel = lambda: bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64)
+    row["reorder_kv_ms"] = _ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
+    row["gating_ms"] = _ms(lambda: _gate_ours(q, kc, layout, s))
+    row["gating_peak_mb"] = _peak_mb(lambda: _gate_ours(q, kc, layout, s))
+    kernel = lambda: bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout, layout,
+                                           kv_chunked=True)
     row["kernel_ms"] = _ms(kernel)
-    row["total_ms"] = _ms(lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s))
-    ours = kernel()
+    call = lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s)
+    row["total_ms"] = _ms(call)
+    row["total_peak_mb"] = _peak_mb(call)
+    row["prev_total_ms"] = _ms(lambda: _previous_call(q, k, v, layout, s))
+    row["prev_total_peak_mb"] = _peak_mb(lambda: _previous_call(q, k, v, layout, s))
+    qc = to_chunk_order(q, layout)
+    row["prev_gating_ms"] = _ms(lambda: _previous_gate(qc, kc, s))
+    row["prev_kernel_ms"] = _ms(lambda: bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64,
+                                                       num_stages=4, tma=False))
+    ours = to_chunk_order(kernel(), layout)
     if flex:
         run = _flex_runner(qc, kc, vc, indices, counts, layout.num_chunks)
         ref = run()
@@ -112,44 +174,148 @@ def _bench_sparse(name, grid, q, k, v, s, flex, dense_ms):
     return row
 
 
-def _sweep(q, k, v, grid, s):
-    """Kernel ms for a few launch configs at one shape (input to the follow-up tuning issue)."""
-    layout = make_layout(grid, CHUNK)
-    qc, kc, vc = (to_chunk_order(x, layout) for x in (q, k, v))
-    indices, counts = gate(qc, kc, layout, layout, s, None)
-    out = {}
-    for warps, stages in ((4, 2), (4, 3), (4, 4), (8, 3)):
-        key = f"w{warps}s{stages}"
-        try:
-            out[key] = _ms(lambda w=warps, st=stages: bsa_fwd_triton(
-                qc, kc, vc, indices, counts, 64, 64, num_warps=w, num_stages=st))
-        except Exception as err:  # noqa: BLE001 — an unlaunchable config is a result, not a crash
-            out[key] = f"failed: {type(err).__name__}"
+VARIANTS = {  # kernel launch variants timed at one shape (the levers table in docs/kernels.md)
+    # K/V read in raster order (no reorder at all)
+    "raster_w4s4": ("raster", {"num_warps": 4, "num_stages": 4}),
+    "raster_w4s5": ("raster", {"num_warps": 4, "num_stages": 5}),
+    "raster_w4s6": ("raster", {"num_warps": 4, "num_stages": 6}),
+    "raster_w8s3": ("raster", {"num_warps": 8, "num_stages": 3}),
+    "raster_w4s4_heads_fastest": ("raster", {"num_warps": 4, "num_stages": 4, "heads_fastest": True}),
+    # q/o raster, K/V chunk-ordered (reordered once per call): pointer loads or TMA
+    "kvchunk_w4s3": ("chunk", {"num_warps": 4, "num_stages": 3, "tma": False}),
+    "kvchunk_w4s4": ("chunk", {"num_warps": 4, "num_stages": 4, "tma": False}),
+    "kvchunk_w4s5": ("chunk", {"num_warps": 4, "num_stages": 5, "tma": False}),
+    "kvchunk_tma_w4s2": ("chunk", {"num_warps": 4, "num_stages": 2, "tma": True}),
+    "kvchunk_tma_w4s3": ("chunk", {"num_warps": 4, "num_stages": 3, "tma": True}),
+    "kvchunk_tma_w4s4": ("chunk", {"num_warps": 4, "num_stages": 4, "tma": True}),
+    "kvchunk_tma_w4s5": ("chunk", {"num_warps": 4, "num_stages": 5, "tma": True}),
+    "kvchunk_tma_w4s3_warp_spec": ("chunk", {"num_warps": 4, "num_stages": 3, "tma": True,
+                                                  "warp_specialize": True}),
+}
+
+
+def _try_ms(fn):
+    try:
+        return _ms(fn)
+    except Exception as err:  # noqa: BLE001 — an unlaunchable variant is a result, not a crash
+        return f"failed: {type(err).__name__}: {str(err)[:200]}"
+
+
+def _hybrid_call(q, k, v, layout, s, **launch):
+    """Raster q/o, K/V reordered to chunk order once; pooled from there."""
+    kc, vc = to_chunk_order(k, layout), to_chunk_order(v, layout)
+    qp = pool_chunks_triton(q, layout, raster=True)
+    kp = pool_chunks_triton(kc, layout, raster=False)
+    indices, counts = select_slabbed(qp, kp, s, None, topk_select_triton)
+    return bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout, layout, kv_chunked=True,
+                                 **launch)
+
+
+def _gating_parts(q, k, layout, s):
+    qp, kp = pool_chunks_triton(q, layout, raster=True), pool_chunks_triton(k, layout, raster=True)
+    out = {"pool_q_and_k": _ms(lambda: (pool_chunks_triton(q, layout, raster=True),
+                                        pool_chunks_triton(k, layout, raster=True)))}
+    scores = qp @ kp.transpose(-1, -2)
+    kk = max(1, int((1 - s) * scores.shape[-1]))
+    idx = torch.empty(*scores.shape[:3], kk, dtype=torch.int32, device=q.device)
+    out["scores_matmul"] = _ms(lambda: qp @ kp.transpose(-1, -2))
+    out["torch_topk_sort"] = _ms(lambda: torch.sort(torch.topk(scores, kk, dim=-1).indices, -1))
+    for rows, warps in ((1, 1), (1, 2), (1, 4), (2, 4), (4, 4), (4, 8)):
+        out[f"topk_rows{rows}_w{warps}"] = _ms(lambda r=rows, w=warps: topk_select_triton(
+            scores, kk, idx, 0, rows=r, num_warps=w))
     return out
+
+
+def _sweep(q, k, v, grid, s):
+    """Kernel ms per launch variant at one shape, twice interleaved (noise), plus gating parts."""
+    layout = make_layout(grid, CHUNK)
+    indices, counts = _gate_raster(q, k, layout, s)
+    kc, vc = to_chunk_order(k, layout), to_chunk_order(v, layout)
+    out = {}
+    for rep in ("", "_again"):
+        for key, (kv, kw) in VARIANTS.items():
+            kk, vv = (kc, vc) if kv == "chunk" else (k, v)
+            try:
+                out[key + rep] = _ms(lambda kw=kw, kk=kk, vv=vv, kv=kv: bsa_fwd_triton_raster(
+                    q, kk, vv, indices, counts, layout, layout, kv_chunked=kv == "chunk", **kw))
+            except Exception as err:  # noqa: BLE001 — an unlaunchable config is a result
+                out[key + rep] = f"failed: {type(err).__name__}: {str(err)[:200]}"
+        out["call_raster" + rep] = _ms(lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s))
+        for st in (4, 5):
+            out[f"call_kvchunk_w4s{st}" + rep] = _try_ms(lambda st=st: _hybrid_call(
+                q, k, v, layout, s, num_warps=4, num_stages=st, tma=False))
+            out[f"call_kvchunk_tma_w4s{st}" + rep] = _try_ms(lambda st=st: _hybrid_call(
+                q, k, v, layout, s, num_warps=4, num_stages=st, tma=True))
+        out["reorder_k_and_v" + rep] = _ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
+    out["gating_parts"] = _gating_parts(q, k, layout, s)
+    return out
+
+
+def _long_grid(s=0.9375):
+    """T96 H44 W80 (337,920 tokens): whole call and gating alone, time and peak VRAM."""
+    grid = GRIDS["long"]
+    layout = make_layout(grid, CHUNK)
+    q, k, v = (torch.randn(1, HEADS, layout.num_tokens, HEAD_DIM, device="cuda",
+                           dtype=torch.bfloat16) for _ in range(3))
+    kc = to_chunk_order(k, layout)
+    call = lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s)
+    res = {"grid": grid, "tokens": layout.num_tokens, "sparsity": s,
+           "inputs_mb": 3 * q.numel() * 2 / 2**20,
+           "gating_ms": _ms(lambda: _gate_ours(q, kc, layout, s)),
+           "gating_peak_mb": _peak_mb(lambda: _gate_ours(q, kc, layout, s)),
+           "total_peak_mb": _peak_mb(call), "total_ms": _ms(call),
+           "full_score_matrix_mb": HEADS * layout.num_chunks ** 2 * 2 / 2**20}
+    res["process_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return res
 
 
 def _print_table(rows, dense, card):
     print(f"\nBSA forward, {card}, B=1 heads=32 D=128 bf16, chunks 4x4x4, top-K (ms, median)")
-    hdr = ("grid", "s", "K", "flash", "cuDNN", "flex", "gate", "kernel", "total", "eff TF/s",
-           "tot/((1-s)cuDNN)")
+    hdr = ("grid", "s", "K", "cuDNN", "flex", "gate", "kernel", "total", "peak MB", "prev total",
+           "eff TF/s", "tot/((1-s)cuDNN)", "official")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     fmt = lambda x: "-" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))
     for r in rows:
         d = dense[r["grid_name"]]
         print("| " + " | ".join(fmt(x) for x in (
-            r["grid_name"], r["sparsity"], r["blocks_per_query_chunk"], d.get("sdpa_flash_ms"),
-            d.get("sdpa_cudnn_ms"), r.get("flex_ms"), r["gating_ms"], r["kernel_ms"], r["total_ms"],
-            r["kernel_eff_tflops"], r.get("total_over_ideal_cudnn"))) + " |")
+            r["grid_name"], r["sparsity"], r["blocks_per_query_chunk"], d.get("sdpa_cudnn_ms"),
+            r.get("flex_ms"), r["gating_ms"], r["kernel_ms"], r["total_ms"], r["total_peak_mb"],
+            r["prev_total_ms"], r["kernel_eff_tflops"], r.get("total_over_ideal_cudnn"),
+            r["official_h200_total_gating_kernel_ms"])) + " |")
+
+
+def _bench_grid(name, args, flex, result):
+    grid = GRIDS[name]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, math.prod(grid), HEAD_DIM, device="cuda",
+                           dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    if args.sweep_only or (args.sweep and name == "720p"):
+        result["sweep"][f"{name}_s0.9375"] = _sweep(q, k, v, grid, 0.9375)
+        print(f"{name} sweep: {result['sweep'][f'{name}_s0.9375']}", flush=True)
+        if args.sweep_only:
+            return
+    t0 = time.time()
+    result["dense"][name] = {} if args.dense == "none" else _dense(q, k, v, args.dense)
+    print(f"{name}: dense {result['dense'][name]} ({time.time() - t0:.0f}s)", flush=True)
+    for s in (float(x) for x in args.sparsities.split(",")):
+        t0 = time.time()
+        row = _bench_sparse(name, grid, q, k, v, s, flex, result["dense"][name])
+        result["rows"].append(row)
+        print(f"  s={s}: {row} ({time.time() - t0:.0f}s)", flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_bsa.json")
     ap.add_argument("--grids", default="480p,720p,refine")
+    ap.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
     ap.add_argument("--no-flex", action="store_true")
-    ap.add_argument("--no-dense", action="store_true")
-    ap.add_argument("--sweep-only", action="store_true", help="only the launch-config sweep")
+    ap.add_argument("--dense", default="all", choices=("all", "cudnn", "none"))
+    ap.add_argument("--sweep", action="store_true", help="launch-variant sweep at 720p")
+    ap.add_argument("--sweep-only", action="store_true", help="only the launch-variant sweep")
+    ap.add_argument("--long", action="store_true", help="also the T96 H44 W80 whole call")
     args = ap.parse_args()
     card = torch.cuda.get_device_name()
     result = {"card": card, "torch": torch.__version__, "triton": triton.__version__,
@@ -160,32 +326,12 @@ def main():
         from torch.nn.attention.flex_attention import flex_attention
         _flex_runner.compiled = torch.compile(flex_attention, dynamic=False)
     for name in args.grids.split(","):
-        grid = GRIDS[name]
-        S = math.prod(grid)
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(1, HEADS, S, HEAD_DIM, device="cuda", dtype=torch.bfloat16,
-                               generator=gen) for _ in range(3))
-        if args.sweep_only:
-            result["sweep"][f"{name}_s0.9375"] = _sweep(q, k, v, grid, 0.9375)
-            print(f"{name} sweep: {result['sweep'][f'{name}_s0.9375']}", flush=True)
-            continue
-        t0 = time.time()
-        result["dense"][name] = {} if args.no_dense else _dense(q, k, v)
-        print(f"{name}: dense {result['dense'][name]} ({time.time() - t0:.0f}s)", flush=True)
-        for s in SPARSITIES:
-            t0 = time.time()
-            row = _bench_sparse(name, grid, q, k, v, s, flex, result["dense"][name])
-            result["rows"].append(row)
-            print(f"  s={s}: {row} ({time.time() - t0:.0f}s)", flush=True)
-            Path(args.out).write_text(json.dumps(result, indent=1))
-        if name == "720p":
-            result["sweep"]["720p_s0.9375"] = _sweep(q, k, v, grid, 0.9375)
-            print(f"  sweep: {result['sweep']}", flush=True)
-        del q, k, v
+        _bench_grid(name, args, flex, result)
         torch.cuda.empty_cache()
+    if args.long:
+        result["long"] = _long_grid()
+        print(f"long grid: {result['long']}", flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    if args.sweep_only:
-        return
     _print_table(result["rows"], result["dense"], card)
 
 

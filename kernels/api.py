@@ -1,8 +1,10 @@
 """Public entry point of the kernels layer: ``block_sparse_attention`` and its ``BSAReport``.
 
-Validates the call, reorders tokens into 3D chunks (kernels/chunking.py), gates
-(kernels/gating.py), runs the Triton kernel (kernels/bsa_fwd_triton.py, imported lazily) or the
-torch reference (kernels/reference.py), and restores the caller's token order.
+Validates the call, then either (Triton, grids divisible by their chunks) reads q and writes o in
+raster order, with only K/V reordered (kernels/gating_triton.py, kernels/bsa_fwd_triton.py,
+imported lazily), or reorders tokens into padded 3D chunks (kernels/chunking.py), gates (kernels/gating.py),
+runs the Triton kernel or the torch reference (kernels/reference.py), and restores the caller's
+token order.
 
 Imports torch only at module level; must not import the model package or ComfyUI.
 """
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .chunking import from_chunk_order, make_layout, to_chunk_order
-from .gating import gate
+from .gating import gate, select_slabbed
 from .reference import bsa_fwd_reference
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,37 @@ def _density(indices, counts, layout_k):
     return float(kept.double().mean()) / layout_k.num_tokens
 
 
+def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
+    """Divisible grids on Triton: q read and o written in raster order; K/V reordered once into
+    chunk order, which lets the kernel load them through tensor descriptors (TMA). On H200 that
+    beats reading K/V in raster order too, reorder included (docs/kernels.md, levers)."""
+    from .bsa_fwd_triton import bsa_fwd_triton_raster
+    from .gating_triton import pool_chunks_triton, topk_select_triton
+
+    kc, vc = to_chunk_order(k, layout_k), to_chunk_order(v, layout_k)
+    q_pooled = pool_chunks_triton(q, layout_q, raster=True)
+    k_pooled = pool_chunks_triton(kc, layout_k, raster=False)
+    indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select_triton)
+    del q_pooled, k_pooled
+    out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True)
+    return out, indices, counts
+
+
+def _chunked(run, on_triton, q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
+    """Reorder into chunk order (padding partial chunks), gate, attend, restore raster order."""
+    topk_select = None
+    if on_triton:
+        from .gating_triton import topk_select_triton as topk_select
+    qc = to_chunk_order(q, layout_q)
+    kc = to_chunk_order(k, layout_k)
+    vc = to_chunk_order(v, layout_k)
+    indices, counts = gate(qc, kc, layout_q, layout_k, sparsity, cdf_threshold, topk_select)
+    valid_k = layout_k.valid(q.device) if layout_k.padded else None
+    oc = run(qc, kc, vc, indices, counts, layout_q.chunk_size, layout_k.chunk_size, valid_k)
+    del qc, kc, vc
+    return from_chunk_order(oc, layout_q), indices, counts
+
+
 def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_threshold=None,
                            chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(4, 4, 4),
                            backend="auto", return_report=False):
@@ -136,7 +169,8 @@ def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_thresho
         return_report: also return a ``BSAReport``.
 
     Returns:
-        Output ``[B, heads, Sq, D]`` in q's dtype and token order; with ``return_report``,
+        Output ``[B, heads, Sq, D]`` in q's dtype and token order (on the Triton raster path
+        stored as ``[B, Sq, heads, D]``, a transposed view); with ``return_report``,
         ``(output, BSAReport)``.
 
     Deviations from the official LongCat code (each pinned by a test):
@@ -157,15 +191,11 @@ def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_thresho
     _check_inputs(q, k, v, sparsity, cdf_threshold, backend)
     layout_q, layout_k = _layouts(q, k, grid_q, grid_k, chunk_3d_shape_q, chunk_3d_shape_k)
     run, name, reason = _choose_backend(q, k, v, backend)
-
-    qc = to_chunk_order(q, layout_q)
-    kc = to_chunk_order(k, layout_k)
-    vc = to_chunk_order(v, layout_k)
-    indices, counts = gate(qc, kc, layout_q, layout_k, sparsity, cdf_threshold)
-    valid_k = layout_k.valid(q.device) if layout_k.padded else None
-    oc = run(qc, kc, vc, indices, counts, layout_q.chunk_size, layout_k.chunk_size, valid_k)
-    del qc, kc, vc
-    out = from_chunk_order(oc, layout_q)
+    if name == "triton" and not (layout_q.padded or layout_k.padded):
+        out, indices, counts = _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold)
+    else:
+        out, indices, counts = _chunked(run, name == "triton", q, k, v, layout_q, layout_k,
+                                        sparsity, cdf_threshold)
     if not return_report:
         return out
     report = BSAReport(

@@ -15,6 +15,8 @@ Deviations, each pinned by a test in tests/kernels/test_gating.py:
 * K ≥ 1 in every mode (official can select 0 blocks and returns all-zero rows):
   ``test_at_least_one_block``.
 * Padded grids: pooling averages real tokens only (``ChunkLayout.valid``): ``test_pool_real_tokens_only``.
+* Scores are built and selected in slabs of query chunks (``select_slabbed``), so the Nq×Nk matrix
+  never exists whole (T96 H44 W80: 1.8 GB bf16 for 32 heads, plus the CDF path's sort buffers).
 * Each query chunk's list is returned sorted ascending by key-chunk index (official top-K returns
   score order), so neighbouring query chunks stream the same key blocks in the same order (L2
   reuse). The selected *set* is unchanged.
@@ -101,16 +103,61 @@ def select_blocks(scores, sparsity, cdf_threshold, head_dim):
     return indices.contiguous(), counts.to(torch.int32)
 
 
-def gate(q_chunked, k_chunked, layout_q, layout_k, sparsity, cdf_threshold):
-    """Pool, score and select in one call; see ``pool_chunks`` and ``select_blocks``.
+# Working-set budget of one slab of query chunks in ``select_slabbed``: the scores plus what the
+# selection builds from them (CDF: fp32 softmax, sorted copy, int64 order, cumsum ≈ 24 B/score).
+_SLAB_BYTES = 256 * 1024 * 1024
+
+
+def _slab_rows(batch_heads, nk, bytes_per_score):
+    return max(1, _SLAB_BYTES // (batch_heads * nk * bytes_per_score))
+
+
+def _pad_width(indices, width):
+    """Widen ``[..., k]`` to ``[..., width]`` by repeating the last column (a safe address)."""
+    extra = width - indices.shape[-1]
+    if extra == 0:
+        return indices
+    return torch.cat([indices, indices[..., -1:].expand(*indices.shape[:-1], extra)], dim=-1)
+
+
+def select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select=None):
+    """Score and select slab by slab of query chunks: peak memory O(slab · Nk), not O(Nq · Nk).
+
+    Args:
+        q_pooled, k_pooled: ``[B, heads, Nq, D]`` / ``[B, heads, Nk, D]`` from ``pool_chunks``.
+        sparsity, cdf_threshold: as in ``select_blocks``.
+        topk_select: optional fused top-K ``f(scores, k, indices, row0)`` that writes ascending
+            ids of a slab's rows into ``indices`` (kernels/gating_triton.py); top-K mode only.
+
+    Returns:
+        ``(indices, counts)`` as ``select_blocks`` returns them for the whole score matrix.
+    """
+    B, H, nq, D = q_pooled.shape
+    nk = k_pooled.shape[2]
+    k_t = k_pooled.transpose(-1, -2)
+    if cdf_threshold is None and topk_select is not None:
+        k = topk_count(sparsity, nk)
+        indices = torch.empty(B, H, nq, k, dtype=torch.int32, device=q_pooled.device)
+        step = _slab_rows(B * H, nk, q_pooled.element_size())
+        for start in range(0, nq, step):
+            topk_select(torch.matmul(q_pooled[:, :, start:start + step], k_t), k, indices, start)
+        return indices, torch.full((B, H, nq), k, dtype=torch.int32, device=q_pooled.device)
+    step = _slab_rows(B * H, nk, 24)
+    parts = [select_blocks(torch.matmul(q_pooled[:, :, s:s + step], k_t), sparsity, cdf_threshold, D)
+             for s in range(0, nq, step)]
+    kmax = max(p[0].shape[-1] for p in parts)
+    indices = torch.cat([_pad_width(p[0], kmax) for p in parts], dim=2)
+    return indices.contiguous(), torch.cat([p[1] for p in parts], dim=2)
+
+
+def gate(q_chunked, k_chunked, layout_q, layout_k, sparsity, cdf_threshold, topk_select=None):
+    """Pool, score and select in one call; see ``pool_chunks`` and ``select_slabbed``.
 
     ``layout_q`` / ``layout_k`` are the ``ChunkLayout``s the inputs were reordered with.
     """
     q_pooled = _pool(q_chunked, layout_q)
     k_pooled = _pool(k_chunked, layout_k)
-    scores = chunk_scores(q_pooled, k_pooled)
-    del q_pooled, k_pooled
-    return select_blocks(scores, sparsity, cdf_threshold, q_chunked.shape[-1])
+    return select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select)
 
 
 def _pool(x_chunked, layout):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from longcat_pack.kernels import block_sparse_attention
 from longcat_pack.kernels.chunking import make_layout, to_chunk_order
-from longcat_pack.kernels.gating import gate
+from longcat_pack.kernels.gating import gate, pool_chunks
 from longcat_pack.kernels.reference import bsa_fwd_reference
 
 pytestmark = [pytest.mark.gpu,
@@ -81,3 +81,48 @@ def test_public_call_triton_vs_torch_padded():
     assert torch.equal(rep.blocks_per_query_chunk, rep_ref.blocks_per_query_chunk)
     assert rep.density == rep_ref.density
     assert _rel_l2(out, ref) < REL_L2
+
+
+@pytest.mark.parametrize("grid_q,grid_k,sparsity", [
+    ((24, 32, 52), (24, 32, 52), 0.9375),
+    ((24, 44, 80), (24, 44, 80), 0.9375),
+    ((48, 44, 80), (48, 44, 80), 0.9375),
+    ((20, 44, 80), (24, 44, 80), 0.875),
+])
+def test_raster_path_bf16(grid_q, grid_k, sparsity):
+    """Triton gating from raster order and the raster forward, at LongCat's grids (2 heads)."""
+    from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton_raster
+    from longcat_pack.kernels.gating import select_slabbed
+    from longcat_pack.kernels.gating_triton import (
+        pool_chunks_triton,
+        topk_select_triton,
+    )
+
+    lq, lk = make_layout(grid_q, (4, 4, 4)), make_layout(grid_k, (4, 4, 4))
+    q, k, v = _inputs(lq.num_tokens, lk.num_tokens, 2, 128, torch.bfloat16, seed=5)
+    qc, kc, vc = to_chunk_order(q, lq), to_chunk_order(k, lk), to_chunk_order(v, lk)
+    qp, kp = pool_chunks_triton(q, lq, raster=True), pool_chunks_triton(k, lk, raster=True)
+    # fp32 sums in another order than torch.mean: equal up to one bf16 rounding step.
+    for ours, theirs in ((qp, pool_chunks(qc, 64)), (kp, pool_chunks(kc, 64))):
+        assert ((ours.float() - theirs.float()).abs() <= theirs.float().abs() * 2**-7 + 1e-6).all()
+    indices, counts = select_slabbed(qp, kp, sparsity, None, topk_select_triton)
+    scores = (qp @ kp.transpose(-1, -2)).float()
+    k_sel = int(counts[0, 0, 0])
+    # Same multiset of selected scores as torch.topk (ties may pick other ids of equal score).
+    chosen = torch.sort(scores.gather(-1, indices.long()), dim=-1).values
+    best = torch.sort(torch.topk(scores, k_sel, dim=-1).values, dim=-1).values
+    assert torch.equal(chosen, best)
+    assert (indices[..., 1:] > indices[..., :-1]).all()
+    out = bsa_fwd_triton_raster(q, k, v, indices, counts, lq, lk)
+    ref = bsa_fwd_reference(qc.float(), kc.float(), vc.float(), indices, counts, 64, 64)
+    assert _rel_l2(to_chunk_order(out, lq), ref) < REL_L2
+    # Same arithmetic in the same order as the chunk-order kernel: bitwise equal.
+    from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton
+
+    assert torch.equal(to_chunk_order(out, lq),
+                       bsa_fwd_triton(qc, kc, vc, indices, counts, 64, 64, tma=False))
+    # The public call's kernel: chunk-ordered K/V through tensor descriptors (TMA).
+    out_tma = bsa_fwd_triton_raster(q, kc, vc, indices, counts, lq, lk, kv_chunked=True, tma=True)
+    assert _rel_l2(to_chunk_order(out_tma, lq), ref) < REL_L2
+    assert torch.equal(out_tma, bsa_fwd_triton_raster(q, kc, vc, indices, counts, lq, lk,
+                                                      kv_chunked=True, tma=True))
