@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY
 from .layers import RMSNorm
 from .rope import apply_rope
 
@@ -69,7 +70,7 @@ def _block_sparse_attention(*args, **kwargs):
 
 def _bsa_settings(opts: dict, grid_t: int, sigma: float | None):
     """The BSA settings to use for the current block, or None for dense (T = 1 never uses BSA)."""
-    settings = opts.get("longcat_bsa")
+    settings = opts.get(BSA_OPTIONS_KEY)
     if settings is None or grid_t <= 1:
         return None
     return settings if settings.applies(opts.get("block_index", 0), sigma) else None
@@ -79,7 +80,7 @@ def _core(q, k, v, grid_q, grid_k, heads, attention, opts, settings):
     """Attention core on ``[B, heads, S, D]`` → ``[B, Sq, heads·D]``; BSA when settings is not None."""
     if settings is None:
         return attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
-    log = opts.get("longcat_bsa_log")
+    log = opts.get(BSA_LOG_KEY)
     result = _block_sparse_attention(
         q, k, v, grid_q, grid_k, **settings.kernel_kwargs(), return_report=log is not None
     )

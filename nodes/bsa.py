@@ -5,13 +5,11 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..longcat.bsa_settings import BACKENDS
+from ..longcat.bsa_settings import BACKENDS, BSA_OPTIONS_KEY
 from .logic import PRESET_NAMES, build_bsa_settings, describe_settings, sigma_window, triton_available
 from .runtime import check_longcat
 
 log = logging.getLogger(__name__)
-
-BSA_KEY = "longcat_bsa"
 
 
 class LongCatBSASettings(io.ComfyNode):
@@ -81,9 +79,9 @@ class LongCatBSASettings(io.ComfyNode):
         patched = model.clone()
         opts = patched.model_options.setdefault("transformer_options", {})
         if enable:
-            opts[BSA_KEY] = settings
+            opts[BSA_OPTIONS_KEY] = settings
         else:
-            opts.pop(BSA_KEY, None)
+            opts.pop(BSA_OPTIONS_KEY, None)
         cuda = torch.device(model.load_device).type == "cuda"
         report = describe_settings(settings, enable, cuda, triton_available())
         log.info("LongCat BSA Settings: %s", report)

@@ -30,6 +30,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..longcat import weights
 from ..longcat.dit import LongCatVideoDiT
+from ..longcat.schedules import NUM_TRAIN_TIMESTEPS, SHIFT
 from .logic import pad_text_condition
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # transformer_options key: when True, apply_model takes the official 0..1000 timestep (per
 # batch or per latent frame) and returns the DiT's raw official output (and KV cache).
 RAW_OUTPUT_KEY = "longcat_raw_output"
-LONGCAT_SHIFT = 12.0
 
 
 def _build_dit(image_model=None, meta_init=False, dtype=None, device=None, operations=None,
@@ -56,7 +56,7 @@ class LongCatVideoConfig(comfy.supported_models_base.BASE):
 
     unet_config = {"image_model": "longcat_video"}
     unet_extra_config = {}
-    sampling_settings = {"shift": LONGCAT_SHIFT, "multiplier": 1000}
+    sampling_settings = {"shift": SHIFT, "multiplier": NUM_TRAIN_TIMESTEPS}
     latent_format = comfy.latent_formats.Wan21
     # Official inference is bf16; fp16 is unvalidated, fp32 is the fallback for old GPUs.
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]

@@ -16,6 +16,7 @@ import comfy.utils
 import latent_preview
 import torch
 
+from ..longcat.bsa_settings import BSA_LOG_KEY
 from ..longcat.pipelines import TextCondition
 from .logic import BSARunLog, pad_text_condition
 from .model_adapter import RAW_OUTPUT_KEY, LongCatVideoModel
@@ -82,7 +83,7 @@ def loaded_model(patcher, latent_shape, batch_multiplier: int = 1):
     comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), patcher.wrappers,
                                                copy_dict1=False)
     bsa_log = BSARunLog()
-    opts["longcat_bsa_log"] = bsa_log
+    opts[BSA_LOG_KEY] = bsa_log
     try:
         patcher.pre_run()
         yield _DitCaller(patcher, opts, memory), patcher.load_device, bsa_log

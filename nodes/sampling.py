@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..longcat.pipelines import denoise, make_noise
+from ..longcat.schedules import SHIFT
 from .logic import COND_LATENTS_KEY, SCHEDULES, schedule_sigmas, start_latents
 from .runtime import check_longcat, loaded_model, progress_callback, text_condition
 
@@ -34,7 +35,7 @@ class LongCatScheduler(io.ComfyNode):
                                      "enhance_hf and refine derive their steps from it)."),
                 io.Float.Input("t_thresh", default=0.5, min=0.01, max=1.0, step=0.01,
                                tooltip="refine only: the noise level refinement starts from."),
-                io.Float.Input("shift", default=12.0, min=0.01, max=100.0, step=0.01,
+                io.Float.Input("shift", default=SHIFT, min=0.01, max=100.0, step=0.01,
                                tooltip="Static flow shift k*s/(1+(k-1)*s); LongCat-Video uses 12."),
             ],
             outputs=[io.Sigmas.Output(tooltip="Sigmas with the terminal 0, for LongCat Sampler "
