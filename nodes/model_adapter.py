@@ -90,7 +90,10 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
         return out
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None,
-                     transformer_options={}, **kwargs):
+                     transformer_options=None, **kwargs):
+        """x ``[B, 16, T, H, W]``, t ``[B]`` sigmas (or, raw, 0..1000 timesteps ``[B]``/``[B, T]``)
+        → ComfyUI's denoised ``[B, 16, T, H, W]`` (raw: the DiT's official output)."""
+        transformer_options = {} if transformer_options is None else transformer_options
         raw = transformer_options.get(RAW_OUTPUT_KEY, False)
         dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
         device = x.device

@@ -91,12 +91,6 @@ def loaded_model(patcher, latent_shape, batch_multiplier: int = 1):
         patcher.cleanup()
 
 
-def model_dtype(patcher) -> torch.dtype:
-    """The dtype activations run in (manual-cast dtype for fp8 weights)."""
-    base = patcher.model
-    return base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
-
-
 def progress_callback(patcher, total: int):
     """Pipeline ``callback(step, steps, x0_preview)``: ProgressBar, preview and Cancel per step.
 
