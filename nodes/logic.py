@@ -269,12 +269,15 @@ def start_latents(latent: torch.Tensor, noise: torch.Tensor, sigma: float, num_c
                   process_in) -> torch.Tensor:
     """Normalized start point of a run: clean cond frames, then ``σ·noise + (1−σ)·x0``.
 
-    latent: raw LATENT samples ``[B, 16, T, h, w]`` (cond frames first); noise: same shape.
-    An all-zero (empty) noise part counts as x0 = 0, as ComfyUI treats empty latents; at
-    sigma = 1 the noise part is exactly the noise. process_in: the latent format's normalizer.
+    latent: raw LATENT samples ``[B, 16, T, h, w]`` (cond frames first); noise: same shape, on
+    any device (drawn on the CPU; moved to ``latent``'s device, which is the GPU for LATENTs made
+    under ``--gpu-only``). An all-zero (empty) noise part counts as x0 = 0, as ComfyUI treats
+    empty latents; at sigma = 1 the noise part is exactly the noise. process_in: the latent
+    format's normalizer. Returns ``[B, 16, T, h, w]`` on ``latent``'s device.
     """
     if latent.shape != noise.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must match latent {tuple(latent.shape)}")
+    noise = noise.to(latent.device)
     if not 0 <= num_cond < latent.shape[2]:
         raise ValueError(f"{COND_LATENTS_KEY} must be in [0, T={latent.shape[2]}), got {num_cond}")
     cond, rest = latent[:, :, :num_cond], latent[:, :, num_cond:]

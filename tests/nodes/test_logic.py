@@ -154,6 +154,18 @@ def test_start_latents():
         logic.start_latents(latent, noise, 1.0, 4, process_in)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_start_latents_moves_cpu_noise_to_a_gpu_latent():
+    """Under ``--gpu-only`` LATENTs live on the GPU while the sampler draws noise on the CPU."""
+    process_in = lambda z: z * 2.0 - 1.0  # noqa: E731
+    latent, noise = torch.randn(1, 16, 3, 2, 2), torch.randn(1, 16, 3, 2, 2)
+    want = logic.start_latents(latent, noise, 0.5, 1, process_in)
+    got = logic.start_latents(latent.cuda(), noise, 0.5, 1, process_in)
+    assert got.is_cuda
+    torch.testing.assert_close(got.cpu(), want)
+
+
 def test_cond_latent_dict():
     cond = torch.randn(1, 16, 2, 3, 5)
     out = logic.cond_latent_dict(cond, 6)
