@@ -1,67 +1,96 @@
 """LongCat Long Video: text-to-video, continuation segments with per-segment prompts, refinement."""
 
-import contextlib
 import logging
 
 import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..longcat.long_video import generate_long_video, refine_long_video, refine_windows
 from ..longcat.frames import REFINE_SIZE
+from ..longcat.long_video import generate_long_video, refine_long_video
 from ..longcat.schedules import enhance_hf_sigmas, normal_sigmas, refine_sigmas
+from .logic import LongVideoSettings
 from .runtime import VaeCodec, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)
 
 
-def total_steps(t2v_sigmas, vc_sigmas, num_segments, num_frames, num_cond_frames,
-                refine_steps: int | None) -> int:
-    """DiT loop steps of a whole long-video run (one progress bar over all of them)."""
-    steps = len(t2v_sigmas) - 1 + num_segments * (len(vc_sigmas) - 1)
-    if refine_steps is not None:
-        frames = num_frames + num_segments * (num_frames - num_cond_frames)
-        steps += len(refine_windows(frames, num_frames, num_cond_frames)) * refine_steps
-    return steps
-
-
-def generate(model, vae, prompts, negative, refine_model, refine_prompt, settings: dict):
-    """Stage 1 (``generate_long_video``), then optionally ``refine_long_video`` → (IMAGE, report)."""
-    t2v = normal_sigmas(50) if settings["t2v_sigmas"] is None else settings["t2v_sigmas"]
-    vc = enhance_hf_sigmas(50) if settings["vc_sigmas"] is None else settings["vc_sigmas"]
-    refine_list = None
-    if refine_model is not None:
-        if refine_prompt is None:
-            raise ValueError("refine_prompt is required with refine_model (official: the empty prompt)")
-        refine_list = refine_sigmas(50, settings["t_thresh"])
-    frames_per_clip, overlap = settings["num_frames"], settings["num_cond_frames"]
-    total = total_steps(t2v, vc, settings["num_segments"], frames_per_clip, overlap,
-                        None if refine_list is None else len(refine_list) - 1)
-    h, w = settings["height"], settings["width"]
-    shape = (1, 16, (frames_per_clip - 1) // 4 + 1, h // 8, w // 8)
-    generator = torch.Generator("cpu").manual_seed(settings["seed"])
-    callback = progress_callback(model, total)
-    with contextlib.ExitStack() as stack:
-        cfg = 2 if settings["guidance_scale"] > 1.0 else 1
-        dit_fn, device, base_log = stack.enter_context(loaded_model(model, shape, cfg))
+def _stage1(model, vae, prompts, negative, settings: LongVideoSettings, t2v, vc, generator,
+            callback):
+    """``generate_long_video`` on the loaded ``model`` → (frames ``[F, H, W, 3]``, BSA summary)."""
+    cfg = 2 if settings.guidance_scale > 1.0 else 1
+    with loaded_model(model, settings.stage1_latent_shape(), cfg) as (dit_fn, device, bsa_log):
         codec = VaeCodec(vae, model.model.latent_format, device)
         frames = generate_long_video(
             dit_fn, codec.encode, codec.decode, [text_condition([p], device) for p in prompts],
             None if negative is None else text_condition(negative, device),
-            num_segments=settings["num_segments"], height=h, width=w, num_frames=frames_per_clip,
-            num_cond_frames=overlap, t2v_sigmas=t2v, vc_sigmas=vc,
-            guidance_scale=settings["guidance_scale"], use_kv_cache=settings["use_kv_cache"],
-            generator=generator, device=device, callback=callback)
-        report = "stage 1 " + base_log.summary()
-        if refine_model is not None:
-            refine_fn, _, refine_log = stack.enter_context(loaded_model(refine_model, shape))
-            frames = refine_long_video(
-                refine_fn, codec.encode, codec.decode, frames, text_condition(refine_prompt, device),
-                window=frames_per_clip, num_cond_frames=overlap, height=settings["refine_height"],
-                width=settings["refine_width"], t_thresh=settings["t_thresh"],
-                sigmas=refine_list, generator=generator, callback=callback)
-            report += "\nrefinement " + refine_log.summary()
+            num_segments=settings.num_segments, height=settings.height, width=settings.width,
+            num_frames=settings.num_frames, num_cond_frames=settings.num_cond_frames,
+            t2v_sigmas=t2v, vc_sigmas=vc, guidance_scale=settings.guidance_scale,
+            use_kv_cache=settings.use_kv_cache, generator=generator, device=device,
+            callback=callback)
+    return frames, bsa_log.summary()
+
+
+def _refine(model, vae, frames, prompt, settings: LongVideoSettings, sigmas, generator, callback):
+    """``refine_long_video`` on the loaded ``model`` → (frames ``[2F, H', W', 3]``, BSA summary).
+
+    The MODEL is loaded for the refinement window's latent (720p, 2x frames), not stage 1's, so
+    ComfyUI reserves enough memory for it.
+    """
+    with loaded_model(model, settings.refine_latent_shape()) as (dit_fn, device, bsa_log):
+        codec = VaeCodec(vae, model.model.latent_format, device)
+        frames = refine_long_video(
+            dit_fn, codec.encode, codec.decode, frames, text_condition(prompt, device),
+            window=settings.num_frames, num_cond_frames=settings.num_cond_frames,
+            height=settings.refine_height, width=settings.refine_width, t_thresh=settings.t_thresh,
+            sigmas=sigmas, generator=generator, callback=callback)
+    return frames, bsa_log.summary()
+
+
+def generate(model, vae, prompts, negative, refine_model, refine_prompt,
+             settings: LongVideoSettings):
+    """Stage 1, then (with ``refine_model``) refinement → (IMAGE ``[F, H, W, 3]``, report).
+
+    Unset sigmas are the official 50-step schedules (normal for the first clip, enhance_hf for
+    the segments, the 50-step list cut at t_thresh for refinement).
+    """
+    if refine_model is not None and refine_prompt is None:
+        raise ValueError("refine_prompt is required with refine_model (official: the empty prompt)")
+    t2v = normal_sigmas() if settings.t2v_sigmas is None else settings.t2v_sigmas
+    vc = enhance_hf_sigmas() if settings.vc_sigmas is None else settings.vc_sigmas
+    refine_list = None if refine_model is None else refine_sigmas(t_thresh=settings.t_thresh)
+    total = settings.total_steps(len(t2v) - 1, len(vc) - 1,
+                                 None if refine_list is None else len(refine_list) - 1)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    callback = progress_callback(model, total)
+    frames, summary = _stage1(model, vae, prompts, negative, settings, t2v, vc, generator, callback)
+    report = "stage 1 " + summary
+    if refine_model is not None:
+        frames, summary = _refine(refine_model, vae, frames, refine_prompt, settings, refine_list,
+                                  generator, callback)
+        report += "\nrefinement " + summary
     return frames.to(comfy.model_management.intermediate_device()).float(), report
+
+
+def _optional_inputs() -> list:
+    """Negative prompt, custom schedules and the refinement stage's MODEL and prompt."""
+    return [
+        io.Conditioning.Input("negative", optional=True,
+                              tooltip="Negative prompt for stage 1 (needed when "
+                                      "guidance_scale > 1)."),
+        io.Sigmas.Input("t2v_sigmas", optional=True,
+                        tooltip="Schedule of the first clip (default: normal, 50)."),
+        io.Sigmas.Input("vc_sigmas", optional=True,
+                        tooltip="Schedule of each segment (default: enhance_hf, 50)."),
+        io.Model.Input("refine_model", optional=True,
+                       tooltip="Connect the MODEL with refinement_lora (+ BSA Settings) "
+                               "to refine to 704x1280, 2x frames. Unconnected: stage 1 "
+                               "only."),
+        io.Conditioning.Input("refine_prompt", optional=True,
+                              tooltip="Refinement prompt (official: the empty "
+                                      "prompt); required with refine_model."),
+    ]
 
 
 class LongCatLongVideo(io.ComfyNode):
@@ -107,20 +136,7 @@ class LongCatLongVideo(io.ComfyNode):
                              tooltip="Refinement width, a multiple of 64 (1280 official)."),
                 io.Int.Input("refine_height", default=REFINE_SIZE[0], min=64, max=4096, step=64,
                              tooltip="Refinement height, a multiple of 64 (704 official)."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="Negative prompt for stage 1 (needed when "
-                                              "guidance_scale > 1)."),
-                io.Sigmas.Input("t2v_sigmas", optional=True,
-                                tooltip="Schedule of the first clip (default: normal, 50)."),
-                io.Sigmas.Input("vc_sigmas", optional=True,
-                                tooltip="Schedule of each segment (default: enhance_hf, 50)."),
-                io.Model.Input("refine_model", optional=True,
-                               tooltip="Connect the MODEL with refinement_lora (+ BSA Settings) "
-                                       "to refine to 704x1280, 2x frames. Unconnected: stage 1 "
-                                       "only."),
-                io.Conditioning.Input("refine_prompt", optional=True,
-                                      tooltip="Refinement prompt (official: the empty "
-                                              "prompt); required with refine_model."),
+                *_optional_inputs(),
             ],
             outputs=[
                 io.Image.Output(tooltip="All frames: 15 fps for stage 1, 30 fps refined."),
@@ -135,11 +151,11 @@ class LongCatLongVideo(io.ComfyNode):
                 use_kv_cache: bool, t_thresh: float, refine_width: int, refine_height: int,
                 negative=None, t2v_sigmas=None,
                 vc_sigmas=None, refine_model=None, refine_prompt=None) -> io.NodeOutput:
-        settings = dict(num_segments=num_segments, width=width, height=height,
-                        num_frames=num_frames, num_cond_frames=num_cond_frames,
-                        guidance_scale=guidance_scale, seed=seed, use_kv_cache=use_kv_cache,
-                        t_thresh=t_thresh, refine_width=refine_width, refine_height=refine_height,
-                        t2v_sigmas=t2v_sigmas, vc_sigmas=vc_sigmas)
+        settings = LongVideoSettings(
+            num_segments=num_segments, width=width, height=height, num_frames=num_frames,
+            num_cond_frames=num_cond_frames, guidance_scale=guidance_scale, seed=seed,
+            use_kv_cache=use_kv_cache, t_thresh=t_thresh, refine_width=refine_width,
+            refine_height=refine_height, t2v_sigmas=t2v_sigmas, vc_sigmas=vc_sigmas)
         frames, report = generate(model, vae, prompts, negative, refine_model, refine_prompt,
                                   settings)
         return io.NodeOutput(frames, report)

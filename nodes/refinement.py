@@ -9,27 +9,25 @@ from comfy_api.latest import io
 from ..longcat.frames import REFINE_SIZE, refine_plan
 from ..longcat.refine import refine
 from ..longcat.schedules import refine_sigmas
-from .logic import COND_LATENTS_KEY
+from .logic import COND_LATENTS_KEY, latent_shape
 from .runtime import VaeCodec, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)
-
-REFINE_BASE_STEPS = 50  # the official refine list is the 50-step schedule cut at t_thresh
 
 
 def refine_frames(model, vae, positive, frames, width: int, height: int, t_thresh: float,
                   spatial_refine_only: bool, seed: int, cond_frames=None, num_cond_frames: int = 0):
     """Run ``longcat.refine.refine`` on IMAGE frames → (IMAGE, LATENT, BSA summary)."""
     latent_format = model.model.latent_format
-    sigmas = refine_sigmas(REFINE_BASE_STEPS, t_thresh)
+    sigmas = refine_sigmas(t_thresh=t_thresh)  # official: the 50-step schedule cut at t_thresh
     generator = torch.Generator("cpu").manual_seed(seed)
     if cond_frames is None:
         num_cond_frames = 0
     plan = refine_plan(frames.shape[0], num_cond_frames, spatial_refine_only)
-    shape = (1, 16, plan.latent_frames, height // 8, width // 8)
-    with loaded_model(model, shape) as (dit_fn, device, bsa_log):
+    with loaded_model(model, latent_shape(plan.latent_frames, height, width)) as (dit_fn, device, bsa_log):
         codec = VaeCodec(vae, latent_format, device)
-        result = refine(dit_fn, codec.encode, codec.decode, frames[..., :3], text_condition(positive, device),
+        result = refine(dit_fn, codec.encode, codec.decode, frames[..., :3],
+                        text_condition(positive, device),
                         cond_frames=cond_frames if num_cond_frames else None,
                         num_cond_frames=num_cond_frames, height=height, width=width,
                         t_thresh=t_thresh, sigmas=sigmas, spatial_refine_only=spatial_refine_only,

@@ -190,3 +190,31 @@ def test_weight_dtype_option():
     assert logic.weight_dtype_option("fp8_e4m3fn") == torch.float8_e4m3fn
     with pytest.raises(ValueError, match="weight_dtype"):
         logic.weight_dtype_option("int8")
+
+
+def _long_video(**overrides):
+    widgets = dict(num_segments=3, width=832, height=480, num_frames=93, num_cond_frames=13,
+                   guidance_scale=4.0, seed=0, use_kv_cache=True, t_thresh=0.5, refine_width=1280,
+                   refine_height=704)
+    return logic.LongVideoSettings(**{**widgets, **overrides})
+
+
+def test_long_video_memory_shapes():
+    """Refinement is loaded for its own latent (704x1280, 186 frames padded to 48 latents), not
+    stage 1's (480x832, 93 frames = 24 latents): ComfyUI must reserve memory for the larger one."""
+    official = _long_video()
+    assert official.stage1_latent_shape() == (1, 16, 24, 60, 104)
+    assert official.refine_latent_shape() == (1, 16, 48, 88, 160)
+    tiny = _long_video(num_segments=1, width=64, height=32, num_frames=9, num_cond_frames=5,
+                       refine_width=128, refine_height=64)
+    # 18 refined frames -> 5 latents, padded to 8; with 10 held frames: 4 cond + 4 noise latents
+    assert tiny.stage1_latent_shape() == (1, 16, 3, 4, 8)
+    assert tiny.refine_latent_shape() == (1, 16, 8, 8, 16)
+
+
+def test_long_video_total_steps():
+    settings = _long_video()
+    assert settings.stage1_frames == 93 + 3 * 80
+    # 333 stage-1 frames in windows of 93 with stride 80: 0, 80, 160, 240 -> 4 windows
+    assert settings.total_steps(50, 56, None) == 50 + 3 * 56
+    assert settings.total_steps(50, 56, 5) == 50 + 3 * 56 + 4 * 5
