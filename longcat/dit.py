@@ -184,6 +184,8 @@ class LongCatVideoDiT(nn.Module):
                 if not kv_slot:
                     raise RuntimeError(f"block {i} patch did not call original_block; return_kv needs it")
                 k, v = kv_slot[-1]
+                # k, v may be views into this call's full k, v: copy them (to the CPU, or
+                # contiguous on the device) so the cache does not keep the full tensors alive.
                 new_cache[i] = (k.to("cpu"), v.to("cpu")) if offload else (k.contiguous(), v.contiguous())
         return x, new_cache
 

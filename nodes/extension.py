@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 
 class LongCatExtension(ComfyExtension):
+    """The V3 extension ComfyUI gets from ``comfy_entrypoint``: lists the pack's nodes."""
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loading.NODES, *bsa.NODES, *sampling.NODES, *conditioning.NODES,
                  *refinement.NODES, *long_video.NODES]

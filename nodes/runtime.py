@@ -95,19 +95,21 @@ def progress_callback(patcher, total: int):
     """Pipeline ``callback(step, steps, x0_preview)``: ProgressBar, preview and Cancel per step.
 
     Counts calls rather than trusting ``step``, so one bar spans several denoising loops (long
-    video: t2v, each segment, each refinement window) when ``total`` is their sum.
+    video: t2v, each segment, each refinement window) when ``total`` is their sum. x0_preview is
+    the normalized latent ``[B, 16, T, h, w]``, the space ComfyUI's own samplers preview in.
     """
     previewer = latent_preview.get_previewer(patcher.load_device, patcher.model.latent_format)
     pbar = comfy.utils.ProgressBar(total)
-    done = [0]
+    done = 0
 
     def callback(step, steps, x0_preview=None):
+        nonlocal done
         comfy.model_management.throw_exception_if_processing_interrupted()
-        done[0] += 1
+        done += 1
         preview = None
         if previewer is not None and x0_preview is not None:
             preview = previewer.decode_latent_to_preview_image("JPEG", x0_preview)
-        pbar.update_absolute(min(done[0], total), total, preview)
+        pbar.update_absolute(min(done, total), total, preview)
 
     return callback
 
