@@ -124,11 +124,7 @@ def reference_forward(sd, x, t, ctx, mask, zero_pad=True, n_cond=0, heads=2):
     args = tf[..., None] * torch.exp(-math.log(10000) * torch.arange(half) / half)
     temb = F.linear(torch.cat([args.cos(), args.sin()], -1), sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])
     temb = F.linear(F.silu(temb), sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
-    y = F.linear(F.gelu(F.linear(ctx, sd["y_embedder.y_proj.0.weight"], sd["y_embedder.y_proj.0.bias"]),
-                        approximate="tanh"), sd["y_embedder.y_proj.2.weight"], sd["y_embedder.y_proj.2.bias"])
-    if zero_pad:
-        y = y * mask[..., None]
-    valid = torch.ones_like(mask, dtype=torch.bool) if zero_pad else mask.bool()
+    y, valid = _reference_text(sd, ctx, mask, zero_pad)
     hw = gi * gj
     cond_tok = n_cond * hw
     allowed = torch.ones(n, n, dtype=torch.bool)
@@ -165,9 +161,23 @@ def reference_forward(sd, x, t, ctx, mask, zero_pad=True, n_cond=0, heads=2):
         F.silu(temb), sd["final_layer.adaLN_modulation.1.weight"], sd["final_layer.adaLN_modulation.1.bias"]).split(c, -1))
     feats = F.linear(F.layer_norm(xs, (c,), eps=1e-6) * (1 + scale) + shift,
                      sd["final_layer.linear.weight"], sd["final_layer.linear.bias"])
-    cout = feats.shape[-1] // 4
+    return _reference_unpatchify(feats.reshape(b, nt, gi, gj, -1), H, W)
+
+
+def _reference_text(sd, ctx, mask, zero_pad):
+    """Caption MLP on all tokens → (y ``[B, L, C]``, per-item bool ``[B, L]`` of attended tokens)."""
+    y = F.linear(F.gelu(F.linear(ctx, sd["y_embedder.y_proj.0.weight"], sd["y_embedder.y_proj.0.bias"]),
+                        approximate="tanh"), sd["y_embedder.y_proj.2.weight"], sd["y_embedder.y_proj.2.bias"])
+    if zero_pad:
+        return y * mask[..., None], torch.ones_like(mask, dtype=torch.bool)
+    return y, mask.bool()
+
+
+def _reference_unpatchify(fg, H, W):
+    """Features ``[B, T, H/2, W/2, 4·C_out]`` → ``[B, C_out, T, H, W]`` (patch 1×2×2)."""
+    b, nt = fg.shape[:2]
+    cout = fg.shape[-1] // 4
     out = torch.zeros(b, cout, nt, H, W)
-    fg = feats.reshape(b, nt, gi, gj, -1)
     for hp in range(2):
         for wp in range(2):  # pixel (c, t, 2i+hp, 2j+wp) = feature (hp·2 + wp)·C_out + c
             sl = fg[..., (hp * 2 + wp) * cout:(hp * 2 + wp + 1) * cout]
