@@ -5,6 +5,11 @@ Stage 1: text-to-video, then continuation segments, each conditioned on the last
 new frames, one prompt per segment. Stage 2 (optional): refinement over windows of
 ``window`` stage-1 frames with stride ``window − num_cond_frames``; every window after the first
 is conditioned on the previous refined window's last overlap frames. No ComfyUI import.
+
+Frames pass between clips exactly as ``decode`` returns them. The official demos round-trip
+them through uint8 (``(x·255).astype(uint8)``, truncating, then /255 on re-encode); a ``decode``
+that does the same reproduces the demos' frames exactly (checked against the official pipeline
+on a tiny random model, where float frames differed by at most one uint8 level).
 """
 
 import logging
