@@ -4,6 +4,17 @@ Math and state-dict names follow reference/longcat.md §1 and the §8 invariants
 forward follow docs/ARCHITECTURE.md. Layers come from injected ``operations`` and the dense
 attention function is injected too, so ComfyUI's casting, fp8, offload, attention backends and
 block patches all apply. Imports nothing from ComfyUI.
+
+Deliberate deviations from the official forward (reference/longcat.md 1.1, 1.4), each pinned by
+a test:
+- The DiT computes in ``x``'s dtype; the official one casts ``x`` to its weight dtype, so fp8 or
+  mixed-dtype weights run here in bf16 (tests/longcat/test_dit.py
+  ``test_bf16_model_keeps_fp32_islands_and_returns_fp32``, ``test_fp8_weights_with_cast_ops_run``).
+- Timesteps are always rounded to bf16, as the official bf16 model does, also for fp32 weights
+  (``test_timesteps_rounded_to_bf16_regardless_of_weight_dtype``).
+- The first ``num_cond_latents`` frames get t = 0 here; officially the pipelines pass that, so a
+  scalar-timestep sampler (KSampler) can drive the conditioning split
+  (tests/longcat/test_kv_cache.py ``test_cond_frames_get_t_zero``).
 """
 
 import math
