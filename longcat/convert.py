@@ -56,8 +56,8 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
     """Write ``dst`` (one safetensors file, official keys) from ``src`` (``dit/`` folder, index json
     or single file), casting to ``dtype`` (fp8: Linear weights only; the rest bf16).
 
-    Raises ValueError for a bad source (see ``weights.load_state_dict``), an unsupported dtype, or
-    an existing ``dst`` without ``overwrite``.
+    Raises ValueError for a bad source (see ``weights.load_state_dict``), an unsupported dtype, a
+    missing output folder, or an existing ``dst`` without ``overwrite``.
     """
     if dtype not in DTYPE_NAMES.values():
         raise ValueError(f"dtype must be one of {list(DTYPE_NAMES)}, got {dtype}")
@@ -66,6 +66,8 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
         raise ValueError(f"output {dst} exists; pass overwrite=True (--overwrite) to replace it")
     if dst.suffix != ".safetensors":
         raise ValueError(f"output must end with .safetensors, got {dst.name}")
+    if not dst.parent.is_dir():
+        raise ValueError(f"output folder {dst.parent} does not exist; create it first")
     infos = collect_tensors(src)
     check_keys(infos, infer_config(infos))
     plan, header = plan_layout(infos, dtype)

@@ -111,6 +111,9 @@ def test_refuses_existing_output_and_bad_source(official, tmp_path):
         convert(bad, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
     assert not (tmp_path / "x.safetensors.partial").exists()
+    # A missing output folder is a ValueError (the CLI reports it), not a FileNotFoundError.
+    with pytest.raises(ValueError, match="does not exist"):
+        convert(folder, tmp_path / "no_such_dir" / "x.safetensors")
 
 
 def test_cli(official, tmp_path):
