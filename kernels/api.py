@@ -1,10 +1,12 @@
 """Public entry point of the kernels layer: ``block_sparse_attention`` and its ``BSAReport``.
 
-Validates the call, then either (Triton, grids divisible by their chunks) reads q and writes o in
-raster order, with only K/V reordered (kernels/gating_triton.py, kernels/bsa_fwd_triton.py,
-imported lazily), or reorders tokens into padded 3D chunks (kernels/chunking.py), gates (kernels/gating.py),
-runs the Triton kernel or the torch reference (kernels/reference.py), and restores the caller's
-token order.
+Validates the call, picks the backend (recording why), and runs the custom op
+``longcat_bsa::forward`` (kernels/op.py): on Triton with grids divisible by their chunks it reads
+q and writes o in raster order, with only K/V reordered (kernels/gating_triton.py,
+kernels/bsa_fwd_triton.py, imported lazily); otherwise it reorders tokens into padded 3D chunks
+(kernels/chunking.py), gates (kernels/gating.py), runs the Triton kernel or the torch reference
+(kernels/reference.py), and restores the caller's token order. Everything here is static Python
+on shapes, dtypes and devices, so ``torch.compile(fullgraph=True)`` traces it with the op as one node.
 
 Imports torch only at module level; must not import the model package or ComfyUI.
 """
@@ -14,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunking import from_chunk_order, make_layout, to_chunk_order
-from .gating import gate, select_slabbed
-from .reference import bsa_fwd_reference
+from .chunking import make_layout
+from .op import bsa_forward_op
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +33,30 @@ class BSAReport:
         reason: why that path ran (e.g. "requested", "CUDA and triton available",
             "triton not importable: ...", "head_dim 96 not supported by the Triton kernel ...").
         blocks_per_query_chunk: int32 ``[B, heads, Nq]`` key chunks kept per query chunk.
+        kept_key_tokens: int32 ``[B, heads, Nq]`` real key tokens kept per query chunk.
         num_query_chunks: Nq.
         num_key_chunks: Nk.
-        density: kept real key tokens / real key tokens, averaged over batch, heads and query
-            chunks (0 < density ≤ 1).
+        num_key_tokens: Sk, the real key tokens.
         padded: whether either grid was padded to a multiple of its chunk.
+        density (property): kept real key tokens / real key tokens, averaged over batch, heads
+            and query chunks (0 < density ≤ 1).
+
+    Built from the op's output tensors; ``density`` reads them (a device sync) only when asked,
+    so neither the call nor a compiled graph waits on the GPU.
     """
 
     backend: str
     reason: str
     blocks_per_query_chunk: torch.Tensor
+    kept_key_tokens: torch.Tensor
     num_query_chunks: int
     num_key_chunks: int
-    density: float
+    num_key_tokens: int
     padded: bool
+
+    @property
+    def density(self) -> float:
+        return float(self.kept_key_tokens.double().mean()) / self.num_key_tokens
 
 
 def _check_inputs(q, k, v, sparsity, cdf_threshold, backend):
@@ -83,61 +94,22 @@ def _layouts(q, k, grid_q, grid_k, chunk_q, chunk_k):
 
 
 def _choose_backend(q, k, v, backend):
-    """Return (run, backend name, reason); ``run`` has the reference's signature."""
+    """Return (backend name, reason). Reads only static facts (device, dtype, head_dim), so
+    ``torch.compile`` resolves it at trace time."""
     if backend == "torch":
-        return bsa_fwd_reference, "torch", "requested"
+        return "torch", "requested"
     if backend == "auto" and not q.is_cuda:
-        return bsa_fwd_reference, "torch", f"tensors are on {q.device.type}, not CUDA"
+        return "torch", f"tensors are on {q.device.type}, not CUDA"
     try:
         from . import bsa_fwd_triton as triton_mod
     except ImportError as err:
-        return bsa_fwd_reference, "torch", f"triton not importable: {err}"
+        return "torch", f"triton not importable: {err}"
     reason = triton_mod.unsupported_reason(q, k, v)
     if reason is not None:
         if backend == "triton":
             logger.warning("BSA: triton backend requested but %s; using the torch reference", reason)
-        return bsa_fwd_reference, "torch", reason
-    return triton_mod.bsa_fwd_triton, "triton", ("requested" if backend == "triton"
-                                                 else "CUDA and triton available")
-
-
-def _density(indices, counts, layout_k):
-    """Kept real key tokens / real key tokens, averaged (see ``BSAReport.density``)."""
-    valid = layout_k.valid(indices.device)
-    slot = torch.arange(indices.shape[-1], device=indices.device)
-    kept = torch.where(slot < counts[..., None], valid[indices.long()], 0).sum(-1)
-    return float(kept.double().mean()) / layout_k.num_tokens
-
-
-def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
-    """Divisible grids on Triton: q read and o written in raster order; K/V reordered once into
-    chunk order, which lets the kernel load them through tensor descriptors (TMA). On H200 that
-    beats reading K/V in raster order too, reorder included (docs/kernels.md, levers)."""
-    from .bsa_fwd_triton import bsa_fwd_triton_raster
-    from .gating_triton import pool_chunks_triton, topk_select_triton
-
-    kc, vc = to_chunk_order(k, layout_k), to_chunk_order(v, layout_k)
-    q_pooled = pool_chunks_triton(q, layout_q, raster=True)
-    k_pooled = pool_chunks_triton(kc, layout_k, raster=False)
-    indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select_triton)
-    del q_pooled, k_pooled
-    out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True)
-    return out, indices, counts
-
-
-def _chunked(run, on_triton, q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
-    """Reorder into chunk order (padding partial chunks), gate, attend, restore raster order."""
-    topk_select = None
-    if on_triton:
-        from .gating_triton import topk_select_triton as topk_select
-    qc = to_chunk_order(q, layout_q)
-    kc = to_chunk_order(k, layout_k)
-    vc = to_chunk_order(v, layout_k)
-    indices, counts = gate(qc, kc, layout_q, layout_k, sparsity, cdf_threshold, topk_select)
-    valid_k = layout_k.valid(q.device) if layout_k.padded else None
-    oc = run(qc, kc, vc, indices, counts, layout_q.chunk_size, layout_k.chunk_size, valid_k)
-    del qc, kc, vc
-    return from_chunk_order(oc, layout_q), indices, counts
+        return "torch", reason
+    return "triton", ("requested" if backend == "triton" else "CUDA and triton available")
 
 
 def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_threshold=None,
@@ -190,17 +162,17 @@ def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_thresho
     """
     _check_inputs(q, k, v, sparsity, cdf_threshold, backend)
     layout_q, layout_k = _layouts(q, k, grid_q, grid_k, chunk_3d_shape_q, chunk_3d_shape_k)
-    run, name, reason = _choose_backend(q, k, v, backend)
-    if name == "triton" and not (layout_q.padded or layout_k.padded):
-        out, indices, counts = _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold)
-    else:
-        out, indices, counts = _chunked(run, name == "triton", q, k, v, layout_q, layout_k,
-                                        sparsity, cdf_threshold)
+    name, reason = _choose_backend(q, k, v, backend)
+    out, counts, kept = bsa_forward_op(
+        q, k, v, list(layout_q.grid), list(layout_k.grid), list(layout_q.chunk), list(layout_k.chunk),
+        None if sparsity is None else float(sparsity),
+        None if cdf_threshold is None else float(cdf_threshold), name,
+    )
     if not return_report:
         return out
     report = BSAReport(
-        backend=name, reason=reason, blocks_per_query_chunk=counts,
+        backend=name, reason=reason, blocks_per_query_chunk=counts, kept_key_tokens=kept,
         num_query_chunks=layout_q.num_chunks, num_key_chunks=layout_k.num_chunks,
-        density=_density(indices, counts, layout_k), padded=layout_q.padded or layout_k.padded,
+        num_key_tokens=layout_k.num_tokens, padded=layout_q.padded or layout_k.padded,
     )
     return out, report
