@@ -126,3 +126,17 @@ def test_raster_path_bf16(grid_q, grid_k, sparsity):
     assert _rel_l2(to_chunk_order(out_tma, lq), ref) < REL_L2
     assert torch.equal(out_tma, bsa_fwd_triton_raster(q, kc, vc, indices, counts, lq, lk,
                                                       kv_chunked=True, tma=True))
+
+
+def test_compiled_call_matches_eager():
+    """inductor, fullgraph, around the public call on the raster path (output stored
+    [B, S, heads, D]) and the DiT's reshape: the op's fake strides must match the real ones."""
+    grid = (8, 16, 16)
+    q, k, v = _inputs(2048, 2048, 4, 128, torch.bfloat16)
+
+    def fn(q, k, v):
+        out = block_sparse_attention(q, k, v, grid, grid, sparsity=0.75)
+        return out.transpose(1, 2).reshape(1, 2048, -1) * 2
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v))
