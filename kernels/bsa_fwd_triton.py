@@ -128,73 +128,6 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
 
 
 @triton.jit
-def _pair_step(acc, l_i, m_i, q, k_desc, v_desc, idx_ptr, i, qk_scale, offs_n, CHUNK_K: tl.constexpr):
-    """One TMA key tile of list ``idx_ptr`` (entry ``i``) into one query chunk's softmax state."""
-    row = (tl.load(idx_ptr + i) * CHUNK_K).to(tl.int32)
-    return _softmax_step(acc, l_i, m_i, q, tl.trans(k_desc.load([row, 0])), v_desc.load([row, 0]),
-                         qk_scale, offs_n, False)
-
-
-@triton.jit
-def _bsa_fwd_pair_inner(acc0, l0, m0, acc1, l1, m1, q0, q1, k_base, v_base, idx0, idx1, cnt0, cnt1,
-                        stride_ks, stride_vs, qk_scale, n_keys, CHUNK_K: tl.constexpr,
-                        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Two query chunks, each over its own list, in one program: the shared prefix of the two
-    lists' lengths interleaves the chunks' steps (two independent dot chains), the tails run alone."""
-    offs_n = tl.arange(0, BLOCK_N)
-    k_desc = tl.make_tensor_descriptor(k_base, shape=[n_keys, HEAD_DIM], strides=[stride_ks, 1],
-                                       block_shape=[BLOCK_N, HEAD_DIM])
-    v_desc = tl.make_tensor_descriptor(v_base, shape=[n_keys, HEAD_DIM], strides=[stride_vs, 1],
-                                       block_shape=[BLOCK_N, HEAD_DIM])
-    both = tl.minimum(cnt0, cnt1)
-    for i in tl.range(both):
-        acc0, l0, m0 = _pair_step(acc0, l0, m0, q0, k_desc, v_desc, idx0, i, qk_scale, offs_n, CHUNK_K)
-        acc1, l1, m1 = _pair_step(acc1, l1, m1, q1, k_desc, v_desc, idx1, i, qk_scale, offs_n, CHUNK_K)
-    for i in tl.range(both, cnt0):
-        acc0, l0, m0 = _pair_step(acc0, l0, m0, q0, k_desc, v_desc, idx0, i, qk_scale, offs_n, CHUNK_K)
-    for i in tl.range(both, cnt1):
-        acc1, l1, m1 = _pair_step(acc1, l1, m1, q1, k_desc, v_desc, idx1, i, qk_scale, offs_n, CHUNK_K)
-    return acc0, l0, m0, acc1, l1, m1
-
-
-@triton.jit
-def _bsa_fwd_pair_kernel(Q, K, V, O, IDX, CNT,
-                         stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-                         stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
-                         HEADS, qk_scale, qH, qW, q_nh, q_nw, n_keys,
-                         Q_CT: tl.constexpr, Q_CH: tl.constexpr, Q_CW: tl.constexpr,
-                         CHUNK_K: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Program = query chunks 2·pid and 2·pid + 1 of one head (raster q/o, chunk-ordered K/V, TMA)."""
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b = (pid_bh // HEADS).to(tl.int64)
-    h = (pid_bh % HEADS).to(tl.int64)
-    c0 = 2 * pid_m
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    in_chunk = _chunk_rows(offs_m, qH, qW, Q_CH, Q_CW)
-    rows0 = _chunk_base(c0, q_nh, q_nw, qH, qW, Q_CT, Q_CH, Q_CW) + in_chunk
-    rows1 = _chunk_base(c0 + 1, q_nh, q_nw, qH, qW, Q_CT, Q_CH, Q_CW) + in_chunk
-    q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :]
-    q0 = tl.load(q_base + rows0[:, None] * stride_qs)
-    q1 = tl.load(q_base + rows1[:, None] * stride_qs)
-    cnt0 = tl.load(CNT + b * stride_cb + h * stride_ch + c0)
-    cnt1 = tl.load(CNT + b * stride_cb + h * stride_ch + c0 + 1)
-    idx0 = IDX + b * stride_ib + h * stride_ih + c0.to(tl.int64) * stride_iq
-    m0 = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l0 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc0 = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    m1, l1, acc1 = m0, l0, acc0
-    acc0, l0, m0, acc1, l1, m1 = _bsa_fwd_pair_inner(
-        acc0, l0, m0, acc1, l1, m1, q0, q1, K + b * stride_kb + h * stride_kh,
-        V + b * stride_vb + h * stride_vh, idx0, idx0 + stride_iq, cnt0, cnt1, stride_ks, stride_vs,
-        qk_scale, n_keys, CHUNK_K, CHUNK_K, HEAD_DIM)
-    o_base = O + b * stride_ob + h * stride_oh + offs_d[None, :]
-    tl.store(o_base + rows0[:, None] * stride_os, (acc0 / l0[:, None]).to(O.dtype.element_ty))
-    tl.store(o_base + rows1[:, None] * stride_os, (acc1 / l1[:, None]).to(O.dtype.element_ty))
-
-
-@triton.jit
 def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
                     stride_qb, stride_qh, stride_qs,
                     stride_kb, stride_kh, stride_ks,
@@ -365,8 +298,7 @@ def _raster_geometry(layout, name):
 
 
 def bsa_fwd_triton_raster(q, k, v, indices, counts, layout_q, layout_k, kv_chunked=False,
-                          sm_scale=None, num_warps=None, num_stages=None, q_pair=False,
-                          qk_fp8=False, **launch):
+                          sm_scale=None, num_warps=None, num_stages=None, **launch):
     """Block-sparse attention forward reading q, k, v and writing o in raster token order.
 
     Args:
@@ -394,27 +326,5 @@ def bsa_fwd_triton_raster(q, k, v, indices, counts, layout_q, layout_k, kv_chunk
     _check(q, k, v, indices, counts, layout_q.num_chunks, None)
     B, H, S, D = q.shape
     out = torch.empty(B, S, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
-    if qk_fp8:  # Q·Kᵀ on fp8 e4m3 tensor cores (unscaled cast: |q|, |k| must stay ≤ 448); P·V stays bf16
-        q, k = q.to(torch.float8_e4m3fn), k.to(torch.float8_e4m3fn)
-    if q_pair:
-        return _launch_pair(q, k, v, out, indices, counts, geo_q, geo_k, sm_scale, num_warps, num_stages)
     return _launch(q, k, v, out, indices, counts, geo_q, geo_k, None, sm_scale, num_warps,
                    num_stages, **launch)
-
-
-def _launch_pair(q, k, v, out, indices, counts, geo_q, geo_k, sm_scale, num_warps, num_stages):
-    """Two query chunks per program (``_bsa_fwd_pair_kernel``): chunk-ordered TMA K/V only."""
-    B, H, _, D = q.shape
-    chunk_q, chunk_k, nq = geo_q[4] * geo_q[5] * geo_q[6], geo_k[6], indices.shape[2]
-    if nq % 2 or chunk_q != _tile(chunk_q) or geo_k[:2] != (1, chunk_k) or chunk_k != _tile(chunk_k):
-        raise ValueError("q_pair needs an even number of power-of-two query chunks and chunk-ordered K/V")
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=q.device))
-    _bsa_fwd_pair_kernel[(nq // 2, B * H)](
-        q, k, v, out, indices, counts,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        indices.stride(0), indices.stride(1), indices.stride(2), counts.stride(0), counts.stride(1),
-        H, (D**-0.5 if sm_scale is None else sm_scale) * _LOG2E, *geo_q[:4], k.shape[2],
-        Q_CT=geo_q[4], Q_CH=geo_q[5], Q_CW=geo_q[6], CHUNK_K=chunk_k, BLOCK_M=chunk_q, HEAD_DIM=D,
-        num_warps=num_warps or 8, num_stages=num_stages or 5)
-    return out
