@@ -176,7 +176,8 @@ def describe_settings(settings: BSASettings, enabled: bool, cuda: bool, triton: 
 class BSARunLog:
     """Per-run record of what BSA did; the DiT calls ``record`` after each BSA call.
 
-    Keeps running aggregates only (no tensors), so long runs cost nothing.
+    Keeps running aggregates only. Numbers stay tensors on the kernel's device until
+    ``summary`` reads them, so recording never waits on the GPU (one sync per run, not per call).
     """
 
     def __init__(self):
@@ -184,14 +185,10 @@ class BSARunLog:
         self.blocks = set()
         self.paths = Counter()
         self.padded = 0
-        self.density_sum = 0.0
-        self.density_min = math.inf
-        self.density_max = -math.inf
-        self.kept_sum = 0.0
-        self.kept_count = 0
-        self.kept_min = math.inf
-        self.kept_max = -math.inf
         self.key_chunks = set()
+        self.kept_count = 0
+        self._density = None  # tensors: sum, min, max over calls
+        self._kept = None  # tensors: sum, min, max of key chunks kept per query chunk
 
     def record(self, block_index, report) -> None:
         """Add one ``kernels.BSAReport`` from DiT block ``block_index``."""
@@ -200,16 +197,12 @@ class BSARunLog:
             self.blocks.add(int(block_index))
         self.paths[(report.backend, report.reason)] += 1
         self.padded += bool(report.padded)
-        density = float(report.density)
-        self.density_sum += density
-        self.density_min = min(self.density_min, density)
-        self.density_max = max(self.density_max, density)
-        kept = report.blocks_per_query_chunk.float()
-        self.kept_sum += float(kept.sum())
-        self.kept_count += kept.numel()
-        self.kept_min = min(self.kept_min, float(kept.min()))
-        self.kept_max = max(self.kept_max, float(kept.max()))
         self.key_chunks.add(int(report.num_key_chunks))
+        density = report.kept_key_tokens.double().mean() / report.num_key_tokens
+        kept = report.blocks_per_query_chunk.double()
+        self.kept_count += kept.numel()
+        self._density = _accumulate(self._density, density, density, density)
+        self._kept = _accumulate(self._kept, kept.sum(), kept.min(), kept.max())
 
     def summary(self) -> str:
         """Readable summary: calls, blocks, density, kept chunks, kernel paths and reasons."""
@@ -217,17 +210,26 @@ class BSARunLog:
             return ("BSA: no block-sparse attention ran (disabled, no BSA settings on the MODEL, "
                     "one latent frame, or every step/block outside the window).")
         nk = ",".join(str(n) for n in sorted(self.key_chunks))
+        density_sum, density_min, density_max = (float(t) for t in self._density)
+        kept_sum, kept_min, kept_max = (float(t) for t in self._kept)
         lines = [
             f"BSA: {self.calls} sparse self-attention calls over {len(self.blocks)} blocks.",
-            f"density (kept key tokens / key tokens): mean {self.density_sum / self.calls:.4f}, "
-            f"min {self.density_min:.4f}, max {self.density_max:.4f}.",
-            f"kept key chunks per query chunk: mean {self.kept_sum / max(self.kept_count, 1):.1f}, "
-            f"min {self.kept_min:.0f}, max {self.kept_max:.0f} (of {nk} key chunks).",
+            f"density (kept key tokens / key tokens): mean {density_sum / self.calls:.4f}, "
+            f"min {density_min:.4f}, max {density_max:.4f}.",
+            f"kept key chunks per query chunk: mean {kept_sum / max(self.kept_count, 1):.1f}, "
+            f"min {kept_min:.0f}, max {kept_max:.0f} (of {nk} key chunks).",
             f"padded grids: {self.padded} of {self.calls} calls.",
         ]
         for (backend, reason), count in sorted(self.paths.items()):
             lines.append(f"kernel {backend} x{count}: {reason}")
         return "\n".join(lines)
+
+
+def _accumulate(totals, add, low, high):
+    """Running (sum, min, max) of device tensors, without reading them back."""
+    if totals is None:
+        return add, low, high
+    return totals[0] + add, torch.minimum(totals[1], low), torch.maximum(totals[2], high)
 
 
 def pad_text_condition(context: torch.Tensor, tokens: int = TEXT_TOKENS):

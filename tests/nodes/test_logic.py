@@ -6,7 +6,7 @@ import pytest
 import torch
 from longcat_pack.kernels import block_sparse_attention
 from longcat_pack.longcat import schedules
-from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY, BSASettings
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.nodes import logic
 
@@ -104,6 +104,34 @@ def test_bsa_run_log_aggregates_real_reports():
     assert f"mean {kept.mean():.1f}, min {kept.min():.0f}, max {kept.max():.0f}" in summary
     assert "padded grids: 1 of 2" in summary
     assert f"kernel torch x2: {reports[0].reason}" in summary
+
+
+def test_bsa_run_log_records_inside_a_compiled_dit_without_graph_breaks():
+    """TorchCompileModel + BSA: the log's recording must not read tensors back (no sync, no graph
+    break), and its summary must equal the eager run's."""
+    torch.manual_seed(0)
+    dit = LongCatVideoDiT(in_channels=4, out_channels=4, hidden_size=32, depth=2, num_heads=2,
+                          caption_channels=16, adaln_tembed_dim=16, frequency_embedding_size=16).eval()
+    x, ctx = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 6, 16)
+    settings = BSASettings(sparsity=0.5, chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2),
+                           backend="torch")
+
+    def run(compiled):
+        log = logic.BSARunLog()
+        opts = {BSA_OPTIONS_KEY: settings, BSA_LOG_KEY: log}
+
+        def forward(x, t, c):
+            return dit(x, t, c, transformer_options=opts)
+
+        fn = torch.compile(forward, fullgraph=True, backend="aot_eager") if compiled else forward
+        with torch.no_grad():
+            fn(x, torch.tensor([500.0]), ctx)
+        return log.summary()
+
+    torch._dynamo.reset()
+    eager = run(compiled=False)
+    assert "2 sparse self-attention calls over 2 blocks" in eager
+    assert run(compiled=True) == eager
 
 
 def test_pad_text_condition_recovers_the_mask_and_pads_to_512():
