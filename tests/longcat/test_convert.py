@@ -1,7 +1,6 @@
 """Converter: official sharded fp32 dit/ → one bf16 / fp8 safetensors file, streamed tensor by tensor."""
 
 import json
-import math
 import struct
 import subprocess
 import sys
@@ -13,20 +12,17 @@ import torch
 from longcat_pack.longcat import convert as convert_module
 from longcat_pack.longcat import weights
 from longcat_pack.longcat.convert import convert
-from longcat_pack.longcat.dit import LongCatVideoDiT
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny_dit import random_state
 
-TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,
-            adaln_tembed_dim=32, frequency_embedding_size=16)
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """A tiny fp32 checkpoint in the official layout: 3 shards + index json."""
-    torch.manual_seed(0)
-    state = {k: torch.randn_like(v) / math.sqrt(v.shape[-1]) for k, v in LongCatVideoDiT(**TINY).state_dict().items()}
+    state = random_state(0)
     state["blocks.0.ffn.w1.weight"][0, :3] = torch.tensor([1000.0, -1000.0, 0.3])  # beyond fp8 e4m3 range
     folder = tmp_path_factory.mktemp("ckpt") / "dit"
     folder.mkdir()

@@ -9,20 +9,10 @@ import torch.nn.functional as F
 from longcat_pack.longcat import dit as dit_module
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.layers import cast_ops, linear_fp32, timestep_features
+from tiny_dit import TINY, tiny_dit
 
-TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,
-            adaln_tembed_dim=32, frequency_embedding_size=16)
 # fp32 end to end: differences are summation order only.
 ATOL = 2e-5
-
-
-def tiny_dit(seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = LongCatVideoDiT(**{**TINY, **overrides})
-    with torch.no_grad():
-        for p in model.parameters():  # non-trivial values everywhere (norm weights, biases, adaLN)
-            p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 1.0 / math.sqrt(p.shape[-1])))
-    return model.eval()
 
 
 def inputs(b=2, t=3, h=4, w=6, seed=1, length=7):

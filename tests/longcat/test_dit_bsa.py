@@ -1,25 +1,13 @@
 """DiT self-attention dispatch to block-sparse attention (reference/longcat.md 5.8)."""
 
-import math
 
 import pytest
 import torch
 from longcat_pack.longcat import attention as attention_module
 from longcat_pack.longcat.bsa_settings import BSASettings
-from longcat_pack.longcat.dit import LongCatVideoDiT
+from tiny_dit import TINY, tiny_dit
 
-TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,
-            adaln_tembed_dim=32, frequency_embedding_size=16)
 SMALL_CHUNK = dict(chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2), backend="torch")
-
-
-def tiny_dit(seed=0):
-    torch.manual_seed(seed)
-    model = LongCatVideoDiT(**TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 1.0 / math.sqrt(p.shape[-1])))
-    return model.eval()
 
 
 def inputs(t=4, h=8, w=8):

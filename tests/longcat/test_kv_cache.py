@@ -1,23 +1,11 @@
 """Conditioning split and the continuation KV cache (reference/longcat.md 1.10, 3.4, 1.6)."""
 
-import math
 
 import pytest
 import torch
-from longcat_pack.longcat.dit import LongCatVideoDiT
+from tiny_dit import tiny_dit
 
-TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,
-            adaln_tembed_dim=32, frequency_embedding_size=16)
 TC = 2  # conditioning latent frames
-
-
-def tiny_dit(seed=0):
-    torch.manual_seed(seed)
-    model = LongCatVideoDiT(**TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 1.0 / math.sqrt(p.shape[-1])))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

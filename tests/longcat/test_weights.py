@@ -1,22 +1,13 @@
 """Weight loading: official sharded dit/ folder, single files, dtypes, config inference, bad files."""
 
 import json
-import math
 
 import pytest
 import torch
 from longcat_pack.longcat import weights
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from safetensors.torch import save_file
-
-TINY = dict(in_channels=4, out_channels=4, hidden_size=64, depth=2, num_heads=2, caption_channels=32,
-            adaln_tembed_dim=32, frequency_embedding_size=16)
-
-
-def tiny_state(seed=0):
-    torch.manual_seed(seed)
-    model = LongCatVideoDiT(**TINY)
-    return {k: torch.randn_like(v) / math.sqrt(v.shape[-1]) for k, v in model.state_dict().items()}
+from tiny_dit import TINY, random_state
 
 
 def write_sharded(folder, state, shards=3):
@@ -35,7 +26,7 @@ def write_sharded(folder, state, shards=3):
 
 
 def test_infer_config_from_shapes():
-    state = tiny_state()
+    state = random_state()
     assert weights.infer_config(state) == {**TINY, "mlp_ratio": 4, "patch_size": (1, 2, 2)}
 
 
@@ -46,7 +37,7 @@ def test_infer_config_full_size_on_meta():
 
 
 def test_load_sharded_folder_equals_state(tmp_path):
-    state = tiny_state()
+    state = random_state()
     folder = write_sharded(tmp_path / "dit", state)
     (folder / "config.json").write_text(json.dumps({"text_tokens_zero_pad": False}))
     loaded = weights.load_state_dict(folder)
@@ -59,7 +50,7 @@ def test_load_sharded_folder_equals_state(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2])
 def test_load_single_file_with_storage_dtype(tmp_path, dtype):
-    state = tiny_state()
+    state = random_state()
     save_file(state, str(tmp_path / "dit.safetensors"))
     model = weights.load_dit(tmp_path / "dit.safetensors", dtype=dtype)
     qkv = model.blocks[0].attn.qkv
@@ -74,7 +65,7 @@ def test_load_single_file_with_storage_dtype(tmp_path, dtype):
 
 
 def test_bf16_file_is_not_materialised_in_fp32(tmp_path, monkeypatch):
-    state = {k: v.bfloat16() for k, v in tiny_state().items()}
+    state = {k: v.bfloat16() for k, v in random_state().items()}
     save_file(state, str(tmp_path / "dit.safetensors"))
     upcasts = []
     real = weights.cast_tensor
@@ -85,7 +76,7 @@ def test_bf16_file_is_not_materialised_in_fp32(tmp_path, monkeypatch):
 
 
 def test_load_dit_builds_on_meta_without_random_init(tmp_path, monkeypatch):
-    save_file(tiny_state(), str(tmp_path / "dit.safetensors"))
+    save_file(random_state(), str(tmp_path / "dit.safetensors"))
     devices = []
     real_init = LongCatVideoDiT.__init__
 
@@ -99,7 +90,7 @@ def test_load_dit_builds_on_meta_without_random_init(tmp_path, monkeypatch):
 
 
 def test_comfy_prefix_stripped(tmp_path):
-    state = {f"model.diffusion_model.{k}": v for k, v in tiny_state().items()}
+    state = {f"model.diffusion_model.{k}": v for k, v in random_state().items()}
     save_file(state, str(tmp_path / "dit.safetensors"))
     assert "blocks.0.attn.qkv.weight" in weights.load_state_dict(tmp_path / "dit.safetensors")
 
@@ -120,7 +111,7 @@ def test_wan_checkpoint_named(tmp_path):
 
 
 def test_missing_unexpected_and_wrong_shape_keys_listed(tmp_path):
-    state = tiny_state()
+    state = random_state()
     state.pop("blocks.1.ffn.w3.weight")
     state["blocks.0.extra.weight"] = torch.zeros(3)
     state["blocks.0.attn.proj.bias"] = torch.zeros(65)
@@ -135,7 +126,7 @@ def test_missing_unexpected_and_wrong_shape_keys_listed(tmp_path):
 
 def test_truncated_file_names_tensors(tmp_path):
     path = tmp_path / "dit.safetensors"
-    save_file(tiny_state(), str(path))
+    save_file(random_state(), str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 5000])
     with pytest.raises(ValueError, match="truncated.*tensors past the end: "):
@@ -144,7 +135,7 @@ def test_truncated_file_names_tensors(tmp_path):
 
 def test_corrupt_header(tmp_path):
     path = tmp_path / "dit.safetensors"
-    save_file(tiny_state(), str(path))
+    save_file(random_state(), str(path))
     data = bytearray(path.read_bytes())
     data[10:20] = b"\xff" * 10
     path.write_bytes(bytes(data))
@@ -168,7 +159,7 @@ def test_pickle_never_loaded(tmp_path, monkeypatch):
 
 
 def test_missing_shard_named(tmp_path):
-    folder = write_sharded(tmp_path / "dit", tiny_state())
+    folder = write_sharded(tmp_path / "dit", random_state())
     (folder / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
     with pytest.raises(ValueError, match="shard diffusion_pytorch_model-00002-of-00003.safetensors is missing"):
         weights.load_state_dict(folder)
