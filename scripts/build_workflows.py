@@ -42,6 +42,15 @@ OBJECT_INFO = ROOT / "tests" / "data" / "object_info.json"
 OUT = ROOT / "workflows"
 
 
+def _start(info: dict, prompt_title: str):
+    """A workflow with the model loaders in the first column and one prompt in the second."""
+    wf = Workflow(info)
+    models = load_models(wf, Column(0))
+    pos = encode(wf, Column(460), models["clip"], PROMPT, prompt_title)
+    wf.group("Prompt", [pos])
+    return wf, models, pos
+
+
 def t2v_480p(info: dict) -> Workflow:
     wf = Workflow(info)
     models = load_models(wf, Column(0))
@@ -66,11 +75,7 @@ def t2v_480p(info: dict) -> Workflow:
 
 
 def t2v_distill(info: dict) -> Workflow:
-    wf = Workflow(info)
-    models = load_models(wf, Column(0))
-    p = Column(460)
-    pos = encode(wf, p, models["clip"], PROMPT, "Positive prompt")
-    wf.group("Prompt", [pos])
+    wf, models, pos = _start(info, "Positive prompt")
     s = Column(960)
     distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
     latent = s.push(wf.add("EmptyHunyuanLatentVideo", s.next(),
@@ -126,11 +131,7 @@ def _refine_stage(wf: Workflow, models: dict, pos, images, prefix: str, x: float
 
 
 def t2v_refine(info: dict) -> Workflow:
-    wf = Workflow(info)
-    models = load_models(wf, Column(0))
-    p = Column(460)
-    pos = encode(wf, p, models["clip"], PROMPT, "Prompt (both stages)")
-    wf.group("Prompt", [pos])
+    wf, models, pos = _start(info, "Prompt (both stages)")
     images = _distilled_stage1(wf, models, pos)
     _refine_stage(wf, models, pos, images, "LongCat/t2v_720p")
     vram_note(wf, (-520, 0), "Text-to-video, then refine to 720p with BSA",
@@ -256,11 +257,7 @@ def long_video(info: dict) -> Workflow:
 
 
 def bsa_comparison(info: dict) -> Workflow:
-    wf = Workflow(info)
-    models = load_models(wf, Column(0))
-    p = Column(460)
-    pos = encode(wf, p, models["clip"], PROMPT, "Prompt (both stages)")
-    wf.group("Prompt", [pos])
+    wf, models, pos = _start(info, "Prompt (both stages)")
     images = _distilled_stage1(wf, models, pos)
     r = Column(960, 860)
     refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
