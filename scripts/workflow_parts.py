@@ -147,13 +147,15 @@ def report(wf: Workflow, col: Column, source, title: str):
     return node
 
 
-VRAM_480P = """**VRAM** (weights; activations come on top, not measured here): DiT bf16 27.2 GB
-(fp8: ~13.6 GB, set `weight_dtype` to `fp8_e4m3fn` or use an fp8 file), umT5-XXL fp16 ~11 GB
-(only while encoding; ComfyUI offloads it before sampling), Wan 2.1 VAE ~0.25 GB. A 480×832×93
-clip is 37,440 tokens; guidance > 1 runs the DiT on a batch of 2. Estimate: a 48 GB card in bf16;
-on 24 GB use fp8 and let ComfyUI offload part of the weights (`--lowvram`), which is slower."""
+VRAM_480P = """**VRAM** (measured on an H200, bf16, DiT alone: `bench/bench_dit_memory.py`): DiT
+weights 27.2 GB (25.3 GiB; fp8: ~13.6 GB, set `weight_dtype` to `fp8_e4m3fn` or use an fp8 file).
+One 480×832×93 forward with guidance (batch 2, 37,440 tokens, dense attention) peaks at 35.7 GiB
+and takes 8.5 s, so 50 steps take about 7 minutes. umT5-XXL fp16 (~11 GB) is needed only while
+encoding and the Wan 2.1 VAE (~0.25 GB) while decoding; ComfyUI offloads what it does not use.
+A 48 GB card runs it in bf16; on 24 GB use fp8 weights and `--lowvram` (slower)."""
 
-VRAM_720P = """**Refinement VRAM**: 704×1280 with 2× frames is ~169k tokens per forward (4.5× the 480p
-stage), one DiT pass per step (no CFG), 5 steps. Attention dominates the time; BSA at sparsity
-0.9375 computes about 1/16 of the key blocks. VAE encode/decode of 186 frames at 720p needs
-several GB on its own. Estimate: an 80 GB card in bf16, or fp8 weights plus offloading."""
+VRAM_720P = """**Refinement VRAM** (measured on an H200, bf16, DiT alone): 704×1280 with 2× frames is
+168,960 tokens per forward; one forward with BSA (sparsity 0.9375) peaks at 50.1 GiB and takes
+13.5 s, one pass per step (no CFG), 5 steps. VAE encode/decode of 186 frames at 720p needs
+several GB on its own. An 80 GB card runs it in bf16; smaller cards need fp8 weights plus
+offloading, or `spatial_refine_only` (half the tokens)."""
