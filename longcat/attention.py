@@ -146,12 +146,18 @@ class SelfAttention(nn.Module):
 
 
 def _match(cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Cached k/v on ``like``'s device and dtype, batch 1 broadcast to ``like``'s batch (CFG)."""
+    """Cached k/v on ``like``'s device and dtype, tiled to ``like``'s batch.
+
+    The cache is built for the latent batch B; under CFG x is ``[uncond (B), cond (B)]``, so the
+    cache repeats batch-wise (B = 1: the official ``.repeat`` to batch 2).
+    """
     cached = cached.to(device=like.device, dtype=like.dtype, non_blocking=True)
     if cached.shape[0] != like.shape[0]:
-        if cached.shape[0] != 1:
-            raise ValueError(f"kv_cache batch {cached.shape[0]} does not match x batch {like.shape[0]}")
-        cached = cached.expand(like.shape[0], -1, -1, -1)
+        if like.shape[0] % cached.shape[0]:
+            raise ValueError(f"kv_cache batch {cached.shape[0]} does not divide x batch {like.shape[0]}")
+        reps = like.shape[0] // cached.shape[0]
+        # expand (a view) when it can: torch.cat copies the cache into [cache; k] anyway.
+        cached = cached.expand(like.shape[0], -1, -1, -1) if cached.shape[0] == 1 else cached.repeat(reps, 1, 1, 1)
     return cached
 
 

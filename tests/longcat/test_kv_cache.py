@@ -128,3 +128,16 @@ def test_offloaded_cache_lives_on_cpu_and_matches_on_gpu(setup):
     assert cache[0][0].device.type == "cpu"
     # TF32 may be on for CUDA matmuls: allow its ~1e-3 relative error.
     torch.testing.assert_close(cached, split[:, :, TC:], atol=5e-3, rtol=5e-3)
+
+
+def test_batched_cache_tiles_over_the_cfg_batch(setup):
+    """A batch-2 latent under CFG: the cache (batch 2) serves x = [uncond b0, b1, cond b0, b1]."""
+    model, x, ctx, mask = setup
+    xb = torch.cat([x, x.flip(-1)])  # two different latents
+    x4 = torch.cat([xb, xb])
+    ctx4 = torch.cat([torch.zeros_like(ctx)] * 2 + [ctx] * 2)
+    with torch.no_grad():
+        split = model(x4, torch.tensor([700.0]), ctx4, mask, num_cond_latents=TC)
+        cache = model.build_kv_cache(xb[:, :, :TC])
+        cached = model(x4[:, :, TC:], torch.tensor([700.0]), ctx4, mask, num_cond_latents=TC, kv_cache=cache)
+    torch.testing.assert_close(cached, split[:, :, TC:], atol=2e-5, rtol=1e-4)

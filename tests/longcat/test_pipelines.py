@@ -210,3 +210,16 @@ def test_demo_script_writes_previews(tmp_path, capsys):
     png = (tmp_path / "refined.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (9 * 128, 2 * 128)
     assert "BSA: 10 calls, backend torch" in capsys.readouterr().out
+
+
+@torch.no_grad()
+def test_kv_cache_with_cfg_and_a_latent_batch_equals_one_by_one():
+    """LongCat Sampler on a repeated latent batch with guidance and the (default) KV cache."""
+    dit_fn = make_dit_fn(_tiny_dit())
+    x0 = torch.randn(2, 16, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    sigmas = torch.tensor([0.9, 0.6, 0.0])
+    pos, neg = _rand_text(2), _rand_text(3)
+    batched = denoise(dit_fn, x0, sigmas, pos, neg, 4.0, 2, use_kv_cache=True)
+    single = torch.cat([denoise(dit_fn, x0[i:i + 1], sigmas, pos, neg, 4.0, 2, use_kv_cache=True)
+                        for i in range(2)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
