@@ -279,6 +279,9 @@ def start_latents(latent: torch.Tensor, noise: torch.Tensor, sigma: float, num_c
     empty latents; at sigma = 1 the noise part is exactly the noise. process_in: the latent
     format's normalizer. Returns ``[B, 16, T, h, w]`` on ``latent``'s device.
     """
+    if latent.ndim != 5 or latent.shape[1] != LATENT_CHANNELS:
+        raise ValueError(f"latent must be [B, {LATENT_CHANNELS}, T, h, w] (a Wan 2.1 video latent, "
+                         f"e.g. EmptyHunyuanLatentVideo), got {tuple(latent.shape)}")
     if latent.shape != noise.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must match latent {tuple(latent.shape)}")
     noise = noise.to(latent.device)

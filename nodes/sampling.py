@@ -3,6 +3,7 @@
 import logging
 
 import comfy.model_management
+import comfy.sample
 import torch
 from comfy_api.latest import io
 
@@ -52,7 +53,8 @@ def sample_latent(model, positive, negative, latent: dict, sigmas, seed: int, gu
     """Run ``pipelines.denoise`` on a LATENT (clean cond frames first) → (LATENT, BSA summary)."""
     check_longcat(model)
     latent_format = model.model.latent_format
-    samples = latent["samples"].float()
+    # As the stock KSampler: an empty image latent (EmptyLatentImage) becomes one video frame.
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"]).float()
     num_cond = int(latent.get(COND_LATENTS_KEY, 0))
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
     noise = make_noise(samples.shape, torch.Generator("cpu").manual_seed(seed))

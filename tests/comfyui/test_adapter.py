@@ -135,3 +135,19 @@ def test_fp8_weight_dtype_stores_fp8_and_samples_close_to_full_precision(comfy_e
     assert torch.isfinite(got).all()
     rel = ((got - want).norm() / want.norm()).item()
     assert 0 < rel < 0.05, rel  # fp8 changes the result (1–2 % here), but only by its rounding
+
+
+def test_sampler_node_takes_an_empty_image_latent_like_ksampler(comfy_env, comfy_models):
+    """An EmptyLatentImage LATENT ([1, 4, h, w] zeros) becomes one 16-channel latent frame, as
+    the stock KSampler's fix_empty_latent_channels does, instead of a broadcast error."""
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    latent = {"samples": torch.zeros(1, 4, 4, 8)}
+    sigmas = torch.tensor([1.0, 0.5, 0.0])
+    got, _ = comfy_env["sampling"].sample_latent(patcher, [[_context(), {}]], None, latent, sigmas,
+                                                 seed=1, guidance=1.0, use_kv_cache=False,
+                                                 offload_kv_cache=False)
+    want, _ = comfy_env["sampling"].sample_latent(
+        patcher, [[_context(), {}]], None, {"samples": torch.zeros(1, 16, 1, 4, 8)}, sigmas,
+        seed=1, guidance=1.0, use_kv_cache=False, offload_kv_cache=False)
+    assert got["samples"].shape == (1, 16, 1, 4, 8)
+    torch.testing.assert_close(got["samples"], want["samples"])

@@ -182,6 +182,15 @@ def test_start_latents():
         logic.start_latents(latent, noise, 1.0, 4, process_in)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (1, 4, 1, 8, 8), (2, 16, 8, 8)])
+def test_start_latents_rejects_non_video_latents(shape):
+    """An SD image latent (4-D, or 4 channels) is a ValueError naming the LATENT, not a broadcast
+    deep inside the latent format."""
+    latent = torch.randn(shape)
+    with pytest.raises(ValueError, match=r"latent must be \[B, 16, T, h, w\]"):
+        logic.start_latents(latent, torch.randn(shape), 1.0, 0, lambda z: z)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_start_latents_moves_cpu_noise_to_a_gpu_latent():
