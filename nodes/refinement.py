@@ -28,7 +28,7 @@ def refine_frames(model, vae, positive, frames, width: int, height: int, t_thres
         codec = VaeCodec(vae, latent_format, device)
         result = refine(dit_fn, codec.encode, codec.decode, frames[..., :3],
                         text_condition(positive, device),
-                        cond_frames=cond_frames if num_cond_frames else None,
+                        cond_frames=cond_frames[..., :3] if num_cond_frames else None,
                         num_cond_frames=num_cond_frames, height=height, width=width,
                         t_thresh=t_thresh, sigmas=sigmas, spatial_refine_only=spatial_refine_only,
                         generator=generator, callback=progress_callback(model, len(sigmas) - 1))

@@ -151,3 +151,33 @@ def test_sampler_node_takes_an_empty_image_latent_like_ksampler(comfy_env, comfy
         seed=1, guidance=1.0, use_kv_cache=False, offload_kv_cache=False)
     assert got["samples"].shape == (1, 16, 1, 4, 8)
     torch.testing.assert_close(got["samples"], want["samples"])
+
+
+class _StandinVae:
+    """A VAE object with ComfyUI's encode/decode signatures over the stand-in VAE (fast, exact)."""
+
+    def encode(self, pixels):
+        from longcat_pack.longcat.standin_vae import standin_encode
+
+        return standin_encode(pixels)
+
+    def decode(self, latent):
+        from longcat_pack.longcat.standin_vae import standin_decode
+
+        return standin_decode(latent).unsqueeze(0)  # [1, F, H, W, 3] like a video VAE
+
+
+def test_refine_node_takes_rgba_cond_frames_like_rgba_frames(comfy_env, comfy_models):
+    """IMAGE inputs may carry alpha: cond_frames lose it as frames do (it raised in fit_frames)."""
+    from longcat_pack.nodes import refinement
+
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    gen = torch.Generator().manual_seed(4)
+    frames = torch.rand(5, 32, 32, 3, generator=gen)
+    image = torch.rand(1, 64, 64, 4, generator=gen)
+    run = lambda cond: refinement.refine_frames(  # noqa: E731
+        patcher, _StandinVae(), [[_context(), {}]], frames, 64, 64, 0.5, True, 3, cond, 1)
+    rgba, _, _ = run(image)
+    rgb, _, _ = run(image[..., :3])
+    assert rgba.shape == (5, 64, 64, 3)
+    torch.testing.assert_close(rgba, rgb)
