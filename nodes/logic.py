@@ -13,7 +13,14 @@ import torch
 
 from ..longcat import schedules
 from ..longcat.bsa_settings import PUBLISHED_CHUNK, PUBLISHED_SPARSITY, BSASettings
-from ..longcat.frames import LATENT_CHANNELS, VAE_SPATIAL, latent_frames, refine_plan
+from ..longcat.frames import (
+    LATENT_CHANNELS,
+    REFINE_MULTIPLE,
+    VAE_SPATIAL,
+    check_size,
+    latent_frames,
+    refine_plan,
+)
 from ..longcat.long_video import refine_windows
 
 # umT5 sequence length the official pipeline pads every prompt to (reference/longcat.md 2.1).
@@ -329,6 +336,14 @@ class LongVideoSettings:
     refine_height: int
     t2v_sigmas: torch.Tensor | None = None
     vc_sigmas: torch.Tensor | None = None
+
+    def __post_init__(self):
+        # Checked here so a bad value fails before stage 1 runs, not minutes into it.
+        if not 1 <= self.num_cond_frames < self.num_frames:
+            raise ValueError(f"num_cond_frames must be in [1, num_frames={self.num_frames}), "
+                             f"got {self.num_cond_frames}")
+        check_size(self.height, self.width)
+        check_size(self.refine_height, self.refine_width, REFINE_MULTIPLE)
 
     @property
     def stage1_frames(self) -> int:

@@ -255,3 +255,15 @@ def test_long_video_total_steps():
     # 333 stage-1 frames in windows of 93 with stride 80: 0, 80, 160, 240 -> 4 windows
     assert settings.total_steps(50, 56, None) == 50 + 3 * 56
     assert settings.total_steps(50, 56, 5) == 50 + 3 * 56 + 4 * 5
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (dict(num_cond_frames=93), "num_cond_frames"),  # continuation needs new frames
+    (dict(num_cond_frames=0), "num_cond_frames"),
+    (dict(refine_width=1300), "width"),            # refinement needs multiples of 64
+])
+def test_long_video_settings_fail_before_stage_one(overrides, name):
+    """Bad overlaps or refine sizes are a ValueError when the node starts, not after the
+    text-to-video clip (or the whole stage 1) has been sampled."""
+    with pytest.raises(ValueError, match=name):
+        _long_video(**overrides)
