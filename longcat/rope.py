@@ -75,3 +75,7 @@ class RopeCache:
         while len(self._tables) > _MAX_CACHED_GRIDS:
             self._tables.popitem(last=False)
         return table
+
+    def clear(self) -> None:
+        """Drop every table (frees their device memory; the next ``get`` rebuilds)."""
+        self._tables.clear()

@@ -181,3 +181,21 @@ def test_refine_node_takes_rgba_cond_frames_like_rgba_frames(comfy_env, comfy_mo
     rgb, _, _ = run(image[..., :3])
     assert rgba.shape == (5, 64, 64, 3)
     torch.testing.assert_close(rgba, rgb)
+
+
+def test_rope_tables_are_freed_after_sampling(comfy_env, comfy_models):
+    """The DiT caches RoPE tables on the compute device in a plain dict, which ComfyUI's model
+    offload does not move (~173 MB per 720p refine grid): each run, stock KSampler or LongCat
+    Sampler, drops them when it ends."""
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    rope = patcher.model.diffusion_model.rope
+    noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(5))
+    cond = [[_context(), {}]]
+    samplers = comfy_env["samplers"]
+    samplers.sample(patcher.clone(), noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),
+                    torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
+    assert len(rope._tables) == 0
+    comfy_env["sampling"].sample_latent(patcher.clone(), cond, None, {"samples": torch.zeros_like(noise)},
+                                        torch.tensor([1.0, 0.5, 0.0]), seed=1, guidance=1.0,
+                                        use_kv_cache=False, offload_kv_cache=False)
+    assert len(rope._tables) == 0
