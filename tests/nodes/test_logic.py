@@ -69,11 +69,27 @@ def test_presets_and_custom_settings():
 
 @pytest.mark.parametrize("backend, cuda, triton, path", [
     ("auto", True, True, "triton"), ("auto", False, True, "torch"), ("auto", True, False, "torch"),
-    ("torch", True, True, "torch"), ("triton", True, True, "triton"), ("triton", False, True, "error"),
+    ("torch", True, True, "torch"), ("triton", True, True, "triton"), ("triton", False, True, "torch"),
+    ("triton", True, False, "torch"),
 ])
 def test_expected_backend(backend, cuda, triton, path):
     got, reason = logic.expected_backend(backend, cuda, triton)
     assert got == path and reason
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+def test_expected_backend_is_the_path_the_kernel_takes_on_cpu(backend, monkeypatch):
+    """The BSA node's plan names the path block_sparse_attention really runs on a CPU-only
+    ComfyUI (backend=triton without CUDA falls back to the torch reference; it does not fail)."""
+    from longcat_pack.kernels import bsa_fwd_triton
+
+    monkeypatch.setattr(bsa_fwd_triton, "_interpreting", lambda: False)  # as in ComfyUI, not tests
+    q = torch.randn(1, 1, 8, 64)
+    _, report = block_sparse_attention(q, q, q, (2, 2, 2), (2, 2, 2), sparsity=0.5,
+                                       chunk_3d_shape_q=(1, 2, 2), chunk_3d_shape_k=(1, 2, 2),
+                                       backend=backend, return_report=True)
+    path, _ = logic.expected_backend(backend, cuda=False, triton=logic.triton_available())
+    assert path == report.backend
 
 
 def test_describe_settings_names_the_path_and_parameters():
