@@ -180,7 +180,6 @@ VARIANTS = {  # kernel launch variants timed at one shape (the levers table in d
     "raster_w4s5": ("raster", {"num_warps": 4, "num_stages": 5}),
     "raster_w4s6": ("raster", {"num_warps": 4, "num_stages": 6}),
     "raster_w8s3": ("raster", {"num_warps": 8, "num_stages": 3}),
-    "raster_w4s4_heads_fastest": ("raster", {"num_warps": 4, "num_stages": 4, "heads_fastest": True}),
     # q/o raster, K/V chunk-ordered (reordered once per call): pointer loads or TMA
     "kvchunk_w4s3": ("chunk", {"num_warps": 4, "num_stages": 3, "tma": False}),
     "kvchunk_w4s4": ("chunk", {"num_warps": 4, "num_stages": 4, "tma": False}),
@@ -189,8 +188,6 @@ VARIANTS = {  # kernel launch variants timed at one shape (the levers table in d
     "kvchunk_tma_w4s3": ("chunk", {"num_warps": 4, "num_stages": 3, "tma": True}),
     "kvchunk_tma_w4s4": ("chunk", {"num_warps": 4, "num_stages": 4, "tma": True}),
     "kvchunk_tma_w4s5": ("chunk", {"num_warps": 4, "num_stages": 5, "tma": True}),
-    "kvchunk_tma_w4s3_warp_spec": ("chunk", {"num_warps": 4, "num_stages": 3, "tma": True,
-                                                  "warp_specialize": True}),
 }
 
 

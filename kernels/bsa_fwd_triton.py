@@ -86,7 +86,7 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
                    stride_ks, stride_vs, qk_scale, kH, kW, k_nh, k_nw, n_keys,
                    K_CT: tl.constexpr, K_CH: tl.constexpr, K_CW: tl.constexpr,
                    BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, HEAD_DIM: tl.constexpr,
-                   MASK_KEYS: tl.constexpr, WARP_SPEC: tl.constexpr, TMA: tl.constexpr):
+                   MASK_KEYS: tl.constexpr, TMA: tl.constexpr):
     """Walk the key-chunk list: each chunk in N_SUB tiles of BLOCK_N, masking padded key slots.
 
     TMA (chunk-ordered K/V, one unmasked tile per chunk): each tile is one tensor-descriptor
@@ -100,7 +100,7 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
                                            block_shape=[BLOCK_N, HEAD_DIM])
         v_desc = tl.make_tensor_descriptor(v_base, shape=[n_keys, HEAD_DIM], strides=[stride_vs, 1],
                                            block_shape=[BLOCK_N, HEAD_DIM])
-    for i in tl.range(count, warp_specialize=WARP_SPEC):
+    for i in tl.range(count):
         blk = tl.load(idx_ptr + i)
         base = _chunk_base(blk, k_nh, k_nw, kH, kW, K_CT, K_CH, K_CW)
         if TMA:
@@ -140,14 +140,10 @@ def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
                     K_CT: tl.constexpr, K_CH: tl.constexpr, K_CW: tl.constexpr,
                     BLOCK_M: tl.constexpr, M_SPLIT: tl.constexpr,
                     BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    MASK_Q: tl.constexpr, MASK_KEYS: tl.constexpr,
-                    HEADS_FASTEST: tl.constexpr, WARP_SPEC: tl.constexpr, TMA: tl.constexpr):
-    # Default: query chunks vary fastest across programs, heads slowest, so co-resident programs
-    # share one head's K/V in L2 (HEADS_FASTEST flips it; benchmarks only).
-    if HEADS_FASTEST:
-        pid_m, pid_bh = tl.program_id(1), tl.program_id(0)
-    else:
-        pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+                    MASK_Q: tl.constexpr, MASK_KEYS: tl.constexpr, TMA: tl.constexpr):
+    # Query chunks vary fastest across programs, heads slowest, so co-resident programs share one
+    # head's K/V in L2 (heads fastest was 40–65 % slower on H200: docs/kernels.md, levers).
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b = (pid_bh // HEADS).to(tl.int64)
     h = (pid_bh % HEADS).to(tl.int64)
     chunk = pid_m // M_SPLIT
@@ -171,7 +167,7 @@ def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
     acc, l_i, m_i = _bsa_fwd_inner(
         acc, l_i, m_i, q, K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
         idx_ptr, VALID, count, stride_ks, stride_vs, qk_scale, kH, kW, k_nh, k_nw, n_keys,
-        K_CT, K_CH, K_CW, BLOCK_N, N_SUB, HEAD_DIM, MASK_KEYS, WARP_SPEC, TMA)
+        K_CT, K_CH, K_CW, BLOCK_N, N_SUB, HEAD_DIM, MASK_KEYS, TMA)
     # count ≥ 1 and every key chunk has a real token, so l_i > 0.
     out = (acc / l_i[:, None]).to(O.dtype.element_ty)
     o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
@@ -213,7 +209,7 @@ def _tma_ok(k, v, geo_k, chunk_k, block_n, mask_keys):
 
 
 def _launch(q, k, v, out, indices, counts, geo_q, geo_k, valid_k, sm_scale, num_warps,
-            num_stages, heads_fastest=False, warp_specialize=False, tma=None):
+            num_stages, tma=None):
     """geo_*: (H, W, nh, nw, CT, CH, CW) of each side; see the module docstring.
 
     tma: None = descriptor loads for K/V where ``_tma_ok``; True = required; False = off.
@@ -234,7 +230,7 @@ def _launch(q, k, v, out, indices, counts, geo_q, geo_k, valid_k, sm_scale, num_
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
                                                                      device=q.device))
     grid = (indices.shape[2] * m_split, B * H)
-    _bsa_fwd_kernel[grid[::-1] if heads_fastest else grid](
+    _bsa_fwd_kernel[grid](
         q, k, v, out, indices, counts, valid_k if mask_keys else counts,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -246,8 +242,7 @@ def _launch(q, k, v, out, indices, counts, geo_q, geo_k, valid_k, sm_scale, num_
         Q_CT=geo_q[4], Q_CH=geo_q[5], Q_CW=geo_q[6],
         K_CT=geo_k[4], K_CH=geo_k[5], K_CW=geo_k[6],
         BLOCK_M=block_m, M_SPLIT=m_split, BLOCK_N=block_n, N_SUB=n_sub, HEAD_DIM=D,
-        MASK_Q=block_m * m_split != chunk_q, MASK_KEYS=mask_keys,
-        HEADS_FASTEST=heads_fastest, WARP_SPEC=warp_specialize, TMA=tma,
+        MASK_Q=block_m * m_split != chunk_q, MASK_KEYS=mask_keys, TMA=tma,
         num_warps=num_warps or (4 if block_m <= 64 else 8),
         # H200, 720p/480p/refine at s=0.9375: descriptor loads best at 5 stages, pointer loads
         # at 4 (bench/results/bsa_sweep_h200_2026-11-26b.json).
@@ -271,8 +266,8 @@ def bsa_fwd_triton(q, k, v, indices, counts, chunk_q, chunk_k, valid_k=None, sm_
         sm_scale: softmax scale, default 1/√D.
         num_warps, num_stages: launch overrides (benchmarks); default 4 warps per 64 query rows
             (8 warps 1.5× slower on H200), 5 stages with descriptor loads, else 4.
-        launch: ``heads_fastest`` / ``warp_specialize`` (bool; benchmarks only), ``tma`` (None =
-            K/V through tensor descriptors where possible: chunk-ordered, unpadded, aligned).
+        launch: ``tma`` (None = K/V through tensor descriptors where possible: chunk-ordered,
+            unpadded, aligned; True = required; False = pointer loads).
 
     Returns:
         ``[B, heads, Nq·chunk_q, D]`` in ``q.dtype``.
