@@ -59,6 +59,11 @@ def round_frames(num_frames: int) -> int:
     return rounded
 
 
+def latent_shape(num_latents: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+    """``(B, 16, T, H/8, W/8)``: the Wan 2.1 latent of ``num_latents`` frames at ``height`` x ``width`` pixels."""
+    return (batch, LATENT_CHANNELS, num_latents, height // VAE_SPATIAL, width // VAE_SPATIAL)
+
+
 def check_size(height: int, width: int, multiple: int = STAGE1_MULTIPLE) -> tuple[int, int]:
     """Validate a pixel size; returns ``(height, width)`` or raises ValueError naming the value."""
     for name, value in (("height", height), ("width", width)):

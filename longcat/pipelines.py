@@ -19,13 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .frames import (
-    LATENT_CHANNELS,
-    VAE_SPATIAL,
-    check_size,
-    latent_frames,
-    round_frames,
-)
+from .frames import check_size, latent_frames, latent_shape, round_frames
 from .guidance import cfg_zero_star, euler_step, predicted_x0, round_timestep_bf16
 from .schedules import NUM_TRAIN_TIMESTEPS, enhance_hf_sigmas, normal_sigmas
 
@@ -170,10 +164,6 @@ def make_noise(shape, generator: torch.Generator | None = None, device=None) -> 
     return noise if device is None else noise.to(device)
 
 
-def _latent_shape(num_frames, height, width):
-    return (1, LATENT_CHANNELS, latent_frames(num_frames), height // VAE_SPATIAL, width // VAE_SPATIAL)
-
-
 def text_to_video(dit_fn, positive: TextCondition, negative: TextCondition | None = None, *,
                   height: int = 480, width: int = 832, num_frames: int = 93, sigmas=None,
                   guidance_scale: float = 4.0, generator=None, device=None, callback=None) -> torch.Tensor:
@@ -182,7 +172,7 @@ def text_to_video(dit_fn, positive: TextCondition, negative: TextCondition | Non
     sigmas: default ``normal_sigmas(50)``; distilled: ``distill_sigmas(16)`` with guidance 1.
     """
     check_size(height, width)
-    shape = _latent_shape(round_frames(num_frames), height, width)
+    shape = latent_shape(latent_frames(round_frames(num_frames)), height, width)
     latents = make_noise(shape, generator, device)
     sigmas = normal_sigmas(50) if sigmas is None else sigmas
     return denoise(dit_fn, latents, sigmas, positive, negative, guidance_scale, callback=callback)
@@ -203,9 +193,9 @@ def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1).to(frames.dtype)
 
 
-def _encode_cond(encode, frames: torch.Tensor, expect_latents: int, shape) -> torch.Tensor:
+def _encode_cond(encode, frames: torch.Tensor, expect_latents: int, height: int, width: int) -> torch.Tensor:
     latent = encode(frames)
-    want = (1, LATENT_CHANNELS, expect_latents, shape[3], shape[4])
+    want = latent_shape(expect_latents, height, width)
     if tuple(latent.shape) != want:
         raise ValueError(f"encode returned {tuple(latent.shape)} for {frames.shape[0]} frames, expected {want}")
     return latent.float()
@@ -223,9 +213,9 @@ def image_to_video(dit_fn, encode, image: torch.Tensor, positive: TextCondition,
     image = image.unsqueeze(0) if image.dim() == 3 else image
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"image must be [H, W, 3] or [1, H, W, 3], got {tuple(image.shape)}")
-    shape = _latent_shape(round_frames(num_frames), height, width)
+    shape = latent_shape(latent_frames(round_frames(num_frames)), height, width)
     latents = make_noise(shape, generator, device)  # official RNG order: noise, then the posterior
-    latents[:, :, :1] = _encode_cond(encode, fit_frames(image, height, width), 1, shape).to(latents.device)
+    latents[:, :, :1] = _encode_cond(encode, fit_frames(image, height, width), 1, height, width).to(latents.device)
     sigmas = normal_sigmas(50) if sigmas is None else sigmas
     return denoise(dit_fn, latents, sigmas, positive, negative, guidance_scale, num_cond_latents=1,
                    callback=callback)
@@ -252,11 +242,11 @@ def continue_video(dit_fn, encode, video: torch.Tensor, positive: TextCondition,
     num_frames = round_frames(num_frames)
     if not 1 <= num_cond_frames < num_frames:
         raise ValueError(f"num_cond_frames must be in [1, num_frames={num_frames}), got {num_cond_frames}")
-    shape = _latent_shape(num_frames, height, width)
+    shape = latent_shape(latent_frames(num_frames), height, width)
     num_cond = latent_frames(num_cond_frames)
     latents = make_noise(shape, generator, device)
     cond_frames = fit_frames(video[-num_cond_frames:], height, width)
-    latents[:, :, :num_cond] = _encode_cond(encode, cond_frames, num_cond, shape).to(latents.device)
+    latents[:, :, :num_cond] = _encode_cond(encode, cond_frames, num_cond, height, width).to(latents.device)
     sigmas = enhance_hf_sigmas(50) if sigmas is None else sigmas
     return denoise(dit_fn, latents, sigmas, positive, negative, guidance_scale, num_cond_latents=num_cond,
                    use_kv_cache=use_kv_cache, offload_kv_cache=offload_kv_cache, callback=callback)

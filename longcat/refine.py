@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from .frames import (
-    LATENT_CHANNELS,
     REFINE_MULTIPLE,
     REFINE_SIZE,
-    VAE_SPATIAL,
     RefinePlan,
     check_size,
+    latent_shape,
     pixel_frames,
     refine_plan,
 )
@@ -91,14 +90,14 @@ def prepare_refine_latents(encode, stage1_frames: torch.Tensor, plan: RefinePlan
     clip = upsample_frames(stage1_frames, height, width, plan.new_frames)
     clip = pad_frames(clip, plan.add_front, plan.add_back)
     z_up = encode(clip).float()
-    want = (1, LATENT_CHANNELS, plan.latent_frames, height // VAE_SPATIAL, width // VAE_SPATIAL)
+    want = latent_shape(plan.latent_frames, height, width)
     if tuple(z_up.shape) != want:
         raise ValueError(f"encode returned {tuple(z_up.shape)} for {clip.shape[0]} frames, expected {want}")
     noise = make_noise(z_up.shape, generator, z_up.device)
     latents = (1 - t_thresh) * z_up + t_thresh * noise  # flow interpolation at σ = t_thresh
     if plan.cond_latents:
         cond = encode(_cond_clip(cond_frames, plan, height, width)).float()
-        if tuple(cond.shape) != (*want[:2], plan.cond_latents, *want[3:]):
+        if tuple(cond.shape) != latent_shape(plan.cond_latents, height, width):
             raise ValueError(f"encode returned {tuple(cond.shape)} for the conditioning, "
                              f"expected {plan.cond_latents} latent frames")
         latents[:, :, :plan.cond_latents] = cond.to(latents.device)

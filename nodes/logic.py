@@ -16,9 +16,9 @@ from ..longcat.bsa_settings import PUBLISHED_CHUNK, PUBLISHED_SPARSITY, BSASetti
 from ..longcat.frames import (
     LATENT_CHANNELS,
     REFINE_MULTIPLE,
-    VAE_SPATIAL,
     check_size,
     latent_frames,
+    latent_shape,
     refine_plan,
 )
 from ..longcat.long_video import refine_windows
@@ -314,11 +314,6 @@ def cond_latent_dict(cond_raw: torch.Tensor, total_latents: int) -> dict:
                           dtype=torch.float32, device=cond_raw.device)
     samples[:, :, :tc] = cond_raw.float()
     return {"samples": samples, COND_LATENTS_KEY: tc}
-
-
-def latent_shape(num_latents: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
-    """``(B, 16, T, H/8, W/8)``: the latent of ``num_latents`` frames at ``height`` x ``width`` pixels."""
-    return (batch, LATENT_CHANNELS, num_latents, height // VAE_SPATIAL, width // VAE_SPATIAL)
 
 
 @dataclass(frozen=True)
