@@ -38,12 +38,8 @@ def frontend_server(tmp_path_factory):
         _skip("COMFYUI_DIR is not set: the browser tests did NOT run.")
     if not os.path.exists(CHROMIUM):
         _skip(f"no Chromium at {CHROMIUM} (apt-get install chromium): browser tests did NOT run.")
-    server = ComfyServer(COMFYUI_DIR, tmp_path_factory.mktemp("browser_base"))
-    server.start()
-    try:
+    with ComfyServer(COMFYUI_DIR, tmp_path_factory.mktemp("browser_base")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

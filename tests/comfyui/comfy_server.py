@@ -78,6 +78,12 @@ class ComfyServer:
             self.proc.kill()
             self.proc.wait(10)
 
+    def __enter__(self) -> "ComfyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

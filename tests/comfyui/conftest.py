@@ -48,12 +48,8 @@ def comfy_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def comfy_server(comfy_models):
-    server = ComfyServer(COMFYUI_DIR, comfy_models["base"], extra_env={"LONGCAT_TEST_NODES": "1"})
-    server.start()
-    try:
+    with ComfyServer(COMFYUI_DIR, comfy_models["base"], extra_env={"LONGCAT_TEST_NODES": "1"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
