@@ -16,6 +16,8 @@ imports them lazily and falls back to kernels/reference.py when triton is missin
 are unsupported.
 """
 
+import functools
+import math
 import os
 
 import torch
@@ -82,12 +84,13 @@ def _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, key_ok, MASKED: tl.constex
 
 
 @triton.jit
-def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
+def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, start, stop,
                    stride_ks, stride_vs, qk_scale, kH, kW, k_nh, k_nw, n_keys,
                    K_CT: tl.constexpr, K_CH: tl.constexpr, K_CW: tl.constexpr,
                    BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, HEAD_DIM: tl.constexpr,
                    MASK_KEYS: tl.constexpr, TMA: tl.constexpr):
-    """Walk the key-chunk list: each chunk in N_SUB tiles of BLOCK_N, masking padded key slots.
+    """Walk entries [start, stop) of the key-chunk list: each chunk in N_SUB tiles of BLOCK_N,
+    masking padded key slots.
 
     TMA (chunk-ordered K/V, one unmasked tile per chunk): each tile is one tensor-descriptor
     load (bulk copy engine) instead of per-thread pointer loads.
@@ -100,7 +103,7 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
                                            block_shape=[BLOCK_N, HEAD_DIM])
         v_desc = tl.make_tensor_descriptor(v_base, shape=[n_keys, HEAD_DIM], strides=[stride_vs, 1],
                                            block_shape=[BLOCK_N, HEAD_DIM])
-    for i in tl.range(count):
+    for i in tl.range(start, stop):
         blk = tl.load(idx_ptr + i)
         base = _chunk_base(blk, k_nh, k_nw, kH, kW, K_CT, K_CH, K_CW)
         if TMA:
@@ -128,7 +131,7 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, count,
 
 
 @triton.jit
-def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
+def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID, START, STOP, ACC_STATE, M_STATE, L_STATE,
                     stride_qb, stride_qh, stride_qs,
                     stride_kb, stride_kh, stride_ks,
                     stride_vb, stride_vh, stride_vs,
@@ -140,7 +143,8 @@ def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
                     K_CT: tl.constexpr, K_CH: tl.constexpr, K_CW: tl.constexpr,
                     BLOCK_M: tl.constexpr, M_SPLIT: tl.constexpr,
                     BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    MASK_Q: tl.constexpr, MASK_KEYS: tl.constexpr, TMA: tl.constexpr):
+                    MASK_Q: tl.constexpr, MASK_KEYS: tl.constexpr, TMA: tl.constexpr,
+                    RESUME: tl.constexpr, FINAL: tl.constexpr, QO_EVICT: tl.constexpr):
     # Query chunks vary fastest across programs, heads slowest, so co-resident programs share one
     # head's K/V in L2 (heads fastest was 40–65 % slower on H200: docs/kernels.md, levers).
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
@@ -153,28 +157,49 @@ def _bsa_fwd_kernel(Q, K, V, O, IDX, CNT, VALID,
     offs_d = tl.arange(0, HEAD_DIM)
     rows = _chunk_base(chunk, q_nh, q_nw, qH, qW, Q_CT, Q_CH, Q_CW) + _chunk_rows(
         offs_m, qH, qW, Q_CH, Q_CW)
+    row_ok = offs_m < CHUNK_Q
     q_ptrs = Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :]
+    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
+    # q and o pass through once: evict them first so K/V, read many times, stay in L2.
     if MASK_Q:
-        q = tl.load(q_ptrs, mask=(offs_m < CHUNK_Q)[:, None], other=0.0)
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0, eviction_policy=QO_EVICT)
     else:
-        q = tl.load(q_ptrs)
+        q = tl.load(q_ptrs, eviction_policy=QO_EVICT)
 
-    count = tl.load(CNT + b * stride_cb + h * stride_ch + chunk)
+    list_at = b * stride_cb + h * stride_ch + chunk
+    if FINAL and not RESUME:  # the whole list in one pass
+        start = 0
+        stop = tl.load(CNT + list_at)
+    else:  # one key range of a multi-pass call: list entries [START, STOP)
+        start = tl.load(START + list_at)
+        stop = tl.load(STOP + list_at)
     idx_ptr = IDX + b * stride_ib + h * stride_ih + chunk.to(tl.int64) * stride_iq
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    # Multi-pass calls keep each program's fp32 accumulator, row max and row sum between passes.
+    state = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    acc_state = ACC_STATE + state[:, None] * HEAD_DIM + offs_d[None, :]
+    if RESUME:
+        m_i = tl.load(M_STATE + state)
+        l_i = tl.load(L_STATE + state)
+        acc = tl.load(acc_state)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     acc, l_i, m_i = _bsa_fwd_inner(
         acc, l_i, m_i, q, K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
-        idx_ptr, VALID, count, stride_ks, stride_vs, qk_scale, kH, kW, k_nh, k_nw, n_keys,
+        idx_ptr, VALID, start, stop, stride_ks, stride_vs, qk_scale, kH, kW, k_nh, k_nw, n_keys,
         K_CT, K_CH, K_CW, BLOCK_N, N_SUB, HEAD_DIM, MASK_KEYS, TMA)
-    # count ≥ 1 and every key chunk has a real token, so l_i > 0.
-    out = (acc / l_i[:, None]).to(O.dtype.element_ty)
-    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
-    if MASK_Q:
-        tl.store(o_ptrs, out, mask=(offs_m < CHUNK_Q)[:, None])
+    if FINAL:
+        # count ≥ 1 and every key chunk has a real token, so l_i > 0 after the last pass.
+        out = (acc / l_i[:, None]).to(O.dtype.element_ty)
+        if MASK_Q:
+            tl.store(o_ptrs, out, mask=row_ok[:, None], eviction_policy=QO_EVICT)
+        else:
+            tl.store(o_ptrs, out, eviction_policy=QO_EVICT)
     else:
-        tl.store(o_ptrs, out)
+        tl.store(acc_state, acc, eviction_policy="evict_first")
+        tl.store(M_STATE + state, m_i)
+        tl.store(L_STATE + state, l_i)
 
 
 def _tile(chunk):
@@ -208,12 +233,50 @@ def _tma_ok(k, v, geo_k, chunk_k, block_n, mask_keys):
                for t in (k, v))
 
 
+def auto_kv_passes(k):
+    """Key-range passes for ``kv_passes``: 1 while one head's K and V fit comfortably in L2,
+    else enough passes that each range's K/V fills at most half of it.
+
+    H200 (60 MB L2), s = 0.9375: 43 MB per head (720p) is fastest in one pass (2 passes: +4 %);
+    86 MB (refine) runs 68.5 → 63.8 ms in 3 passes (2 passes: no gain); docs/kernels.md, levers.
+    """
+    if not k.is_cuda:
+        return 1
+    kv_bytes = 2 * k.shape[2] * k.shape[3] * k.element_size()
+    l2_bytes = _l2_bytes(k.device)
+    return 1 if kv_bytes <= 0.75 * l2_bytes else math.ceil(kv_bytes / (0.5 * l2_bytes))
+
+
+@functools.cache
+def _l2_bytes(device):
+    return torch.cuda.get_device_properties(device).L2_cache_size
+
+
+def _pass_ranges(indices, counts, n_key_chunks, passes):
+    """List positions where each of ``passes`` equal key ranges starts: int32 ``[passes + 1, B,
+    heads, Nq]`` (first row 0, last row ``counts``). Lists must be ascending."""
+    slot = torch.arange(indices.shape[-1], device=indices.device)
+    used = slot < counts[..., None]
+    cuts = [torch.zeros_like(counts)]
+    for p in range(1, passes):
+        bound = -(-p * n_key_chunks // passes)
+        cuts.append(((indices < bound) & used).sum(-1, dtype=torch.int32))
+    cuts.append(counts)
+    return torch.stack(cuts)
+
+
 def _launch(q, k, v, out, indices, counts, geo_q, geo_k, valid_k, sm_scale, num_warps,
-            num_stages, tma=None):
+            num_stages, tma=None, kv_passes=1, qo_evict="evict_first"):
     """geo_*: (H, W, nh, nw, CT, CH, CW) of each side; see the module docstring.
 
     tma: None = descriptor loads for K/V where ``_tma_ok``; True = required; False = off.
+    kv_passes: split the key chunks into this many equal ranges, one launch each (lists must be
+        ascending), so one range's K/V stays in L2; fp32 accumulators, row maxes and sums carry
+        over between launches (4·D + 8 bytes per query row).
+    qo_evict: L2 eviction policy of the q loads and o stores ("" = default).
     """
+    if not (isinstance(kv_passes, int) and kv_passes >= 1):
+        raise ValueError(f"kv_passes must be an int >= 1, got {kv_passes!r}")
     B, H, _, D = q.shape
     chunk_q, chunk_k = geo_q[4] * geo_q[5] * geo_q[6], geo_k[4] * geo_k[5] * geo_k[6]
     block_m, block_n = _tile(chunk_q), _tile(chunk_k)
@@ -230,24 +293,35 @@ def _launch(q, k, v, out, indices, counts, geo_q, geo_k, valid_k, sm_scale, num_
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
                                                                      device=q.device))
     grid = (indices.shape[2] * m_split, B * H)
-    _bsa_fwd_kernel[grid](
-        q, k, v, out, indices, counts, valid_k if mask_keys else counts,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        indices.stride(0), indices.stride(1), indices.stride(2),
-        counts.stride(0), counts.stride(1),
-        H, scale * _LOG2E, *geo_q[:4], *geo_k[:4], k.shape[2],
-        Q_CT=geo_q[4], Q_CH=geo_q[5], Q_CW=geo_q[6],
-        K_CT=geo_k[4], K_CH=geo_k[5], K_CW=geo_k[6],
-        BLOCK_M=block_m, M_SPLIT=m_split, BLOCK_N=block_n, N_SUB=n_sub, HEAD_DIM=D,
-        MASK_Q=block_m * m_split != chunk_q, MASK_KEYS=mask_keys, TMA=tma,
-        num_warps=num_warps or (4 if block_m <= 64 else 8),
-        # H200, 720p/480p/refine at s=0.9375: descriptor loads best at 5 stages, pointer loads
-        # at 4 (bench/results/bsa_sweep_h200_2026-11-26b.json).
-        num_stages=num_stages or (5 if tma else 4),
-    )
+    counts = counts.contiguous()
+    ranges = acc_state = m_state = l_state = counts  # one-pass launch: placeholders, never read
+    if kv_passes > 1:
+        ranges = _pass_ranges(indices, counts, k.shape[2] // chunk_k, kv_passes)
+        m_state = torch.empty(B * H, grid[0] * block_m, dtype=torch.float32, device=q.device)
+        l_state = torch.empty_like(m_state)
+        acc_state = torch.empty(B * H, grid[0] * block_m, D, dtype=torch.float32, device=q.device)
+    for p in range(kv_passes):
+        _bsa_fwd_kernel[grid](
+            q, k, v, out, indices, counts, valid_k if mask_keys else counts,
+            ranges[p] if kv_passes > 1 else counts, ranges[p + 1] if kv_passes > 1 else counts,
+            acc_state, m_state, l_state,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            indices.stride(0), indices.stride(1), indices.stride(2),
+            counts.stride(0), counts.stride(1),
+            H, scale * _LOG2E, *geo_q[:4], *geo_k[:4], k.shape[2],
+            Q_CT=geo_q[4], Q_CH=geo_q[5], Q_CW=geo_q[6],
+            K_CT=geo_k[4], K_CH=geo_k[5], K_CW=geo_k[6],
+            BLOCK_M=block_m, M_SPLIT=m_split, BLOCK_N=block_n, N_SUB=n_sub, HEAD_DIM=D,
+            MASK_Q=block_m * m_split != chunk_q, MASK_KEYS=mask_keys, TMA=tma,
+            RESUME=p > 0, FINAL=p == kv_passes - 1, QO_EVICT=qo_evict,
+            num_warps=num_warps or (4 if block_m <= 64 else 8),
+            # H200, 720p/480p/refine at s=0.9375: descriptor loads best at 5 stages, pointer
+            # loads at 4 (bench/results/bsa_sweep_h200_2026-11-26b.json).
+            num_stages=num_stages or (5 if tma else 4),
+        )
     return out
 
 
@@ -267,7 +341,10 @@ def bsa_fwd_triton(q, k, v, indices, counts, chunk_q, chunk_k, valid_k=None, sm_
         num_warps, num_stages: launch overrides (benchmarks); default 4 warps per 64 query rows
             (8 warps 1.5× slower on H200), 5 stages with descriptor loads, else 4.
         launch: ``tma`` (None = K/V through tensor descriptors where possible: chunk-ordered,
-            unpadded, aligned; True = required; False = pointer loads).
+            unpadded, aligned; True = required; False = pointer loads); ``kv_passes`` (default 1:
+            key ranges run as separate launches, for K/V larger than L2; lists must then be
+            ascending; see ``auto_kv_passes``); ``qo_evict`` (L2 policy of q loads / o stores,
+            default "evict_first").
 
     Returns:
         ``[B, heads, Nq·chunk_q, D]`` in ``q.dtype``.

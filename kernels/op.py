@@ -24,7 +24,7 @@ def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     """Divisible grids on Triton: q read and o written in raster order; K/V reordered once into
     chunk order, which lets the kernel load them through tensor descriptors (TMA). On H200 that
     beats reading K/V in raster order too, reorder included (docs/kernels.md, levers)."""
-    from .bsa_fwd_triton import bsa_fwd_triton_raster
+    from .bsa_fwd_triton import auto_kv_passes, bsa_fwd_triton_raster
     from .gating_triton import pool_chunks_triton, topk_select_triton
 
     kc, vc = to_chunk_order(k, layout_k), to_chunk_order(v, layout_k)
@@ -32,14 +32,16 @@ def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     k_pooled = pool_chunks_triton(kc, layout_k, raster=False)
     indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select_triton)
     del q_pooled, k_pooled
-    out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True)
+    out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True,
+                                kv_passes=auto_kv_passes(kc))
     return out, indices, counts
 
 
 def _chunked(on_triton, q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     """Reorder into chunk order (padding partial chunks), gate, attend, restore raster order."""
-    topk_select, run = None, bsa_fwd_reference
+    topk_select, run, launch = None, bsa_fwd_reference, {}
     if on_triton:
+        from .bsa_fwd_triton import auto_kv_passes
         from .bsa_fwd_triton import bsa_fwd_triton as run
         from .gating_triton import topk_select_triton as topk_select
     qc = to_chunk_order(q, layout_q)
@@ -47,7 +49,10 @@ def _chunked(on_triton, q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     vc = to_chunk_order(v, layout_k)
     indices, counts = gate(qc, kc, layout_q, layout_k, sparsity, cdf_threshold, topk_select)
     valid_k = layout_k.valid(q.device) if layout_k.padded else None
-    oc = run(qc, kc, vc, indices, counts, layout_q.chunk_size, layout_k.chunk_size, valid_k)
+    if on_triton:  # the gating's lists are ascending, as key-range passes need
+        launch["kv_passes"] = auto_kv_passes(kc)
+    oc = run(qc, kc, vc, indices, counts, layout_q.chunk_size, layout_k.chunk_size, valid_k,
+             **launch)
     del qc, kc, vc
     # Contiguous whatever reshape returned, as the fake promises.
     return from_chunk_order(oc, layout_q).contiguous(), indices, counts

@@ -92,3 +92,60 @@ def test_triton_rejects_unsupported(dtype, D, match):
     with pytest.raises(ValueError, match=match):
         bsa_fwd_triton(x, x, x, idx, cnt, 32, 32)
 
+
+
+def _sorted_lists(indices, counts):
+    """Each list's used entries ascending (what the gating produces, what key ranges need)."""
+    slot = torch.arange(indices.shape[-1])
+    big = torch.iinfo(torch.int32).max
+    used = torch.where(slot < counts[..., None], indices, big).sort(-1).values
+    return torch.where(slot < counts[..., None], used, indices).contiguous()
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["divisible", "padded", "tq_ne_tk_chunks_differ"])
+@pytest.mark.parametrize("passes", [2, 3, 7])
+def test_key_range_passes_equal_one_pass(case, passes):
+    """Key ranges as separate launches carry fp32 state: bitwise the one-pass result, also when
+    a query chunk has no block in some range (7 ranges over ≤ 8 key chunks)."""
+    def fwd(passes):
+        def run(qc, kc, vc, indices, counts, cq, ck, valid_k):
+            return bsa_fwd_triton(qc, kc, vc, _sorted_lists(indices, counts), counts, cq, ck,
+                                  valid_k, kv_passes=passes)
+        return run
+
+    one, _ = _run(fwd(1), case, torch.float32)
+    split, _ = _run(fwd(passes), case, torch.float32)
+    assert torch.equal(split, one)
+
+
+@needs_triton
+@pytest.mark.parametrize("passes", [0, 1.5, None])
+def test_key_range_passes_rejects_bad_values(passes):
+    x = torch.randn(1, 1, 32, 64)
+    idx, cnt = torch.zeros(1, 1, 1, 1, dtype=torch.int32), torch.ones(1, 1, 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="kv_passes"):
+        bsa_fwd_triton(x, x, x, idx, cnt, 32, 32, kv_passes=passes)
+
+
+@needs_triton
+def test_auto_kv_passes_follows_l2(monkeypatch):
+    """One pass while one head's K+V fits 3/4 of L2, else ranges of at most half of it."""
+    from longcat_pack.kernels import bsa_fwd_triton as mod
+
+    monkeypatch.setattr(mod, "_l2_bytes", lambda device: 60 * 2**20)
+
+    class FakeCudaKeys:  # only what auto_kv_passes reads: a CUDA tensor's shape and item size
+        is_cuda = True
+        device = None
+
+        def __init__(self, tokens):
+            self.shape = (1, 32, tokens, 128)
+
+        def element_size(self):
+            return 2
+
+    assert mod.auto_kv_passes(FakeCudaKeys(84_480)) == 1    # 720p: 41 MiB per head
+    assert mod.auto_kv_passes(FakeCudaKeys(168_960)) == 3   # refine: 82.5 MiB
+    assert mod.auto_kv_passes(FakeCudaKeys(337_920)) == 6   # T96 H44 W80: 165 MiB
+    assert mod.auto_kv_passes(torch.zeros(1, 1, 10**6, 128)) == 1  # CPU: no L2 to fit
