@@ -21,15 +21,16 @@ OP_NAME = "longcat_bsa::forward"
 
 
 def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
-    """Divisible grids on Triton: q read and o written in raster order; K/V reordered once into
-    chunk order, which lets the kernel load them through tensor descriptors (TMA). On H200 that
-    beats reading K/V in raster order too, reorder included (docs/kernels.md, levers)."""
+    """Divisible grids on Triton: q read and o written in raster order; K/V copied once into
+    chunk order (k's chunk means computed in the same pass), which lets the kernel load them
+    through tensor descriptors (TMA). On H200 that beats reading K/V in raster order, copy
+    included (docs/kernels.md, levers)."""
     from .bsa_fwd_triton import auto_kv_passes, bsa_fwd_triton_raster
     from .gating_triton import pool_chunks_triton, topk_select_triton
+    from .reorder_triton import chunk_order_kv_pooled
 
-    kc, vc = to_chunk_order(k, layout_k), to_chunk_order(v, layout_k)
+    kc, vc, k_pooled = chunk_order_kv_pooled(k, v, layout_k)
     q_pooled = pool_chunks_triton(q, layout_q, raster=True)
-    k_pooled = pool_chunks_triton(kc, layout_k, raster=False)
     indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select_triton)
     del q_pooled, k_pooled
     out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True,

@@ -103,7 +103,12 @@ def test_raster_path_bf16(grid_q, grid_k, sparsity):
     qc, kc, vc = to_chunk_order(q, lq), to_chunk_order(k, lk), to_chunk_order(v, lk)
     qp, kp = pool_chunks_triton(q, lq, raster=True), pool_chunks_triton(k, lk, raster=True)
     # fp32 sums in another order than torch.mean: equal up to one bf16 rounding step.
-    for ours, theirs in ((qp, pool_chunks(qc, 64)), (kp, pool_chunks(kc, 64))):
+    from longcat_pack.kernels.reorder_triton import chunk_order_kv_pooled
+
+    kc_fused, vc_fused, kp_fused = chunk_order_kv_pooled(k, v, lk)
+    assert torch.equal(kc_fused, kc) and torch.equal(vc_fused, vc)
+    for ours, theirs in ((qp, pool_chunks(qc, 64)), (kp, pool_chunks(kc, 64)),
+                         (kp_fused, pool_chunks(kc, 64))):
         assert ((ours.float() - theirs.float()).abs() <= theirs.float().abs() * 2**-7 + 1e-6).all()
     indices, counts = select_slabbed(qp, kp, sparsity, None, topk_select_triton)
     scores = (qp @ kp.transpose(-1, -2)).float()
