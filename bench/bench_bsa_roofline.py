@@ -182,6 +182,7 @@ def _kernels(q, k, v, kc, vc, layout, indices, counts):
         "full_passes4": (prod(indices, kv_passes=4), 64),
         "full_passes2_no_evict": (prod(indices, kv_passes=2, qo_evict=""), 64),
         "raster_tma": (lambda: _diag("raster_tma", q, k, v, indices, layout), 64),
+        "full_s6": (prod(indices, num_stages=6), 64),
         "loads": (lambda: _diag("loads", q, kc, vc, indices, layout), 64),
         "compute": (lambda: _diag("compute", q, kc, vc, indices, layout), 64),
         "pair_n": (lambda: _diag("pair_n", q, kc, vc, indices, layout), 64),
@@ -220,6 +221,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bsa_roofline.json")
     ap.add_argument("--grids", default="480p,720p,refine")
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
     ap.add_argument("--ncu", action="store_true", help="run a few kernels twice at refine and exit")
     args = ap.parse_args()
     if args.ncu:
@@ -238,10 +240,14 @@ def main():
     for name in args.grids.split(","):
         q, k, v, kc, vc, layout, indices, counts = _inputs(GRIDS[name])
         runs = _kernels(q, k, v, kc, vc, layout, indices, counts)
+        if args.only:
+            runs = {key: runs[key] for key in ["full", *args.only.split(",")]}
         ref = runs["full"][0]().float()
         pairs = float(counts.sum(dtype=torch.float64))
         row = {"blocks_per_query_chunk": int(counts[0, 0, 0]), "pairs": pairs}
         for key in ("pair_n", "raster_tma", "full_passes2", "full_passes4", "full_no_evict"):
+            if key not in runs:
+                continue
             other = runs[key][0]().float()
             row[key + "_rel_diff"] = ((other - ref).norm() / ref.norm()).item()
         for key, (fn, rows) in runs.items():

@@ -92,8 +92,8 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, start, 
     """Walk entries [start, stop) of the key-chunk list: each chunk in N_SUB tiles of BLOCK_N,
     masking padded key slots.
 
-    TMA (chunk-ordered K/V, one unmasked tile per chunk): each tile is one tensor-descriptor
-    load (bulk copy engine) instead of per-thread pointer loads.
+    TMA (chunk-ordered K/V, unmasked tiles): each tile is one tensor-descriptor load (bulk copy
+    engine) instead of per-thread pointer loads.
     """
     CHUNK_K: tl.constexpr = K_CT * K_CH * K_CW
     offs_n = tl.arange(0, BLOCK_N)
@@ -107,9 +107,11 @@ def _bsa_fwd_inner(acc, l_i, m_i, q, k_base, v_base, idx_ptr, valid_ptr, start, 
         blk = tl.load(idx_ptr + i)
         base = _chunk_base(blk, k_nh, k_nw, kH, kW, K_CT, K_CH, K_CW)
         if TMA:
-            k_t = tl.trans(k_desc.load([(blk * CHUNK_K).to(tl.int32), 0]))
-            v = v_desc.load([(blk * CHUNK_K).to(tl.int32), 0])
-            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, offs_n, False)
+            for j in tl.static_range(N_SUB):
+                row = (blk * CHUNK_K + j * BLOCK_N).to(tl.int32)
+                k_t = tl.trans(k_desc.load([row, 0]))
+                v = v_desc.load([row, 0])
+                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, offs_n, False)
         else:
             n_real = CHUNK_K
             if MASK_KEYS:
@@ -224,10 +226,10 @@ def _check(q, k, v, indices, counts, nq, valid_k):
         raise ValueError(f"valid_k must be contiguous int32, got {valid_k.dtype}")
 
 
-def _tma_ok(k, v, geo_k, chunk_k, block_n, mask_keys):
-    """Whether K/V tiles can be descriptor loads: chunk-ordered, unmasked, one tile per chunk,
-    16-byte aligned base and row strides (the bulk copy engine's rule)."""
-    if mask_keys or chunk_k != block_n or geo_k[:2] != (1, chunk_k) or geo_k[4:6] != (1, 1):
+def _tma_ok(k, v, geo_k, chunk_k, mask_keys):
+    """Whether K/V tiles can be descriptor loads: chunk-ordered, unmasked (tiles divide the
+    chunk), 16-byte aligned base and row strides (the bulk copy engine's rule)."""
+    if mask_keys or geo_k[:2] != (1, chunk_k) or geo_k[4:6] != (1, 1):
         return False
     return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
                for t in (k, v))
@@ -285,9 +287,9 @@ def _launch(q, k, v, out, indices, counts, geo_q, geo_k, valid_k, sm_scale, num_
     if mask_keys and valid_k is None:
         valid_k = torch.full((k.shape[2] // chunk_k,), chunk_k, dtype=torch.int32, device=q.device)
     scale = D**-0.5 if sm_scale is None else sm_scale
-    ok = _tma_ok(k, v, geo_k, chunk_k, block_n, mask_keys)
+    ok = _tma_ok(k, v, geo_k, chunk_k, mask_keys)
     if tma and not ok:
-        raise ValueError("tma needs chunk-ordered, unpadded, 16-byte aligned K/V, one tile per chunk")
+        raise ValueError("tma needs chunk-ordered, unpadded, 16-byte aligned K/V, tiles dividing the chunk")
     tma = ok if tma is None else tma
     if tma:  # on-device descriptors need a scratch allocator
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,

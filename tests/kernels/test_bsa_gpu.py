@@ -148,3 +148,17 @@ def test_compiled_call_matches_eager():
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v))
+
+
+def test_chunks_over_128_tokens_tile_through_descriptors():
+    """256-token key chunks (4×8×8) run as two 128-row descriptor loads per chunk."""
+    from longcat_pack.kernels.bsa_fwd_triton import bsa_fwd_triton
+
+    lq = lk = make_layout((8, 32, 32), (4, 8, 8))
+    q, k, v = _inputs(lq.num_tokens, lk.num_tokens, 2, 128, torch.bfloat16, seed=7)
+    qc, kc, vc = to_chunk_order(q, lq), to_chunk_order(k, lk), to_chunk_order(v, lk)
+    indices, counts = gate(qc, kc, lq, lk, 0.75, None)
+    out = bsa_fwd_triton(qc, kc, vc, indices, counts, 256, 256, tma=True)
+    ref = bsa_fwd_reference(qc.float(), kc.float(), vc.float(), indices, counts, 256, 256)
+    assert _rel_l2(out, ref) < REL_L2
+    assert torch.equal(out, bsa_fwd_triton(qc, kc, vc, indices, counts, 256, 256, tma=False))
