@@ -54,7 +54,7 @@ from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_t
 
 GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80)}
 HEADS, HEAD_DIM, CHUNK, SPARSITY = 32, 128, (4, 4, 4), 0.9375
-MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4}
+MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4, "qk_ahead": 5}
 
 
 @triton.jit
@@ -93,6 +93,23 @@ def _diag_kernel(Q, K, V, O, IDX, stride_qh, stride_qs, stride_oh, stride_os, st
             k_t = tl.trans(tl.reshape(k4.load([t0, h0, w0, 0]), [BLOCK, HEAD_DIM]))
             v = tl.reshape(v4.load([t0, h0, w0, 0]), [BLOCK, HEAD_DIM])
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, offs_m, False)
+    elif MODE == 5:  # the next block's Q·Kᵀ issued before this block's softmax
+        l_i = tl.zeros([BLOCK], dtype=tl.float32)
+        row = (tl.load(idx_ptr) * BLOCK).to(tl.int32)
+        qk = tl.dot(q, tl.trans(k_desc.load([row, 0])))
+        for i in tl.range(count):
+            v = v_desc.load([row, 0])
+            row_next = (tl.load(idx_ptr + tl.minimum(i + 1, count - 1)) * BLOCK).to(tl.int32)
+            qk_next = tl.dot(q, tl.trans(k_desc.load([row_next, 0])))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(q.dtype), v, acc)
+            m_i = m_new
+            qk = qk_next
+            row = row_next
     elif MODE == 1:
         for i in tl.range(count):
             row = (tl.load(idx_ptr + i) * BLOCK).to(tl.int32)
@@ -126,7 +143,7 @@ def _diag_kernel(Q, K, V, O, IDX, stride_qh, stride_qs, stride_oh, stride_os, st
     tl.store(O + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], out)
 
 
-def _diag(mode, q, kc, vc, indices, layout, stages=5):
+def _diag(mode, q, kc, vc, indices, layout, stages=5, warps=4):
     (_, gh, gw), nq = layout.grid, layout.num_chunks
     out = torch.empty_like(q)
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
@@ -135,7 +152,7 @@ def _diag(mode, q, kc, vc, indices, layout, stages=5):
         q, kc, vc, out, indices, q.stride(1), q.stride(2), out.stride(1), out.stride(2),
         indices.stride(1), indices.stride(2), indices.shape[-1], kc.shape[2],
         HEAD_DIM**-0.5 * _LOG2E, gh, gw, gh // 4, gw // 4,
-        BLOCK=64, HEAD_DIM=HEAD_DIM, MODE=MODES[mode], num_warps=4, num_stages=stages)
+        BLOCK=64, HEAD_DIM=HEAD_DIM, MODE=MODES[mode], num_warps=warps, num_stages=stages)
     return out
 
 
@@ -183,6 +200,9 @@ def _kernels(q, k, v, kc, vc, layout, indices, counts):
         "full_passes2_no_evict": (prod(indices, kv_passes=2, qo_evict=""), 64),
         "raster_tma": (lambda: _diag("raster_tma", q, k, v, indices, layout), 64),
         "full_s6": (prod(indices, num_stages=6), 64),
+        "qk_ahead_s4": (lambda: _diag("qk_ahead", q, kc, vc, indices, layout, stages=4), 64),
+        "qk_ahead_s5": (lambda: _diag("qk_ahead", q, kc, vc, indices, layout, stages=5), 64),
+        "qk_ahead_s3": (lambda: _diag("qk_ahead", q, kc, vc, indices, layout, stages=3), 64),
         "loads": (lambda: _diag("loads", q, kc, vc, indices, layout), 64),
         "compute": (lambda: _diag("compute", q, kc, vc, indices, layout), 64),
         "pair_n": (lambda: _diag("pair_n", q, kc, vc, indices, layout), 64),
@@ -245,7 +265,8 @@ def main():
         ref = runs["full"][0]().float()
         pairs = float(counts.sum(dtype=torch.float64))
         row = {"blocks_per_query_chunk": int(counts[0, 0, 0]), "pairs": pairs}
-        for key in ("pair_n", "raster_tma", "full_passes2", "full_passes4", "full_no_evict"):
+        for key in ("pair_n", "raster_tma", "full_passes2", "full_passes4", "full_no_evict",
+                    "qk_ahead_s5"):
             if key not in runs:
                 continue
             other = runs[key][0]().float()
