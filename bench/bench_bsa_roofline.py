@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_t
 
 GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80)}
 HEADS, HEAD_DIM, CHUNK, SPARSITY = 32, 128, (4, 4, 4), 0.9375
-MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4, "qk_ahead": 5}
+MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4}
 
 
 @triton.jit
@@ -93,23 +94,6 @@ def _diag_kernel(Q, K, V, O, IDX, stride_qh, stride_qs, stride_oh, stride_os, st
             k_t = tl.trans(tl.reshape(k4.load([t0, h0, w0, 0]), [BLOCK, HEAD_DIM]))
             v = tl.reshape(v4.load([t0, h0, w0, 0]), [BLOCK, HEAD_DIM])
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, offs_m, False)
-    elif MODE == 5:  # the next block's Q·Kᵀ issued before this block's softmax
-        l_i = tl.zeros([BLOCK], dtype=tl.float32)
-        row = (tl.load(idx_ptr) * BLOCK).to(tl.int32)
-        qk = tl.dot(q, tl.trans(k_desc.load([row, 0])))
-        for i in tl.range(count):
-            v = v_desc.load([row, 0])
-            row_next = (tl.load(idx_ptr + tl.minimum(i + 1, count - 1)) * BLOCK).to(tl.int32)
-            qk_next = tl.dot(q, tl.trans(k_desc.load([row_next, 0])))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(q.dtype), v, acc)
-            m_i = m_new
-            qk = qk_next
-            row = row_next
     elif MODE == 1:
         for i in tl.range(count):
             row = (tl.load(idx_ptr + i) * BLOCK).to(tl.int32)
@@ -143,7 +127,7 @@ def _diag_kernel(Q, K, V, O, IDX, stride_qh, stride_qs, stride_oh, stride_os, st
     tl.store(O + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], out)
 
 
-def _diag(mode, q, kc, vc, indices, layout, stages=5, warps=4):
+def _diag(mode, q, kc, vc, indices, layout, stages=5):
     (_, gh, gw), nq = layout.grid, layout.num_chunks
     out = torch.empty_like(q)
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
@@ -152,7 +136,7 @@ def _diag(mode, q, kc, vc, indices, layout, stages=5, warps=4):
         q, kc, vc, out, indices, q.stride(1), q.stride(2), out.stride(1), out.stride(2),
         indices.stride(1), indices.stride(2), indices.shape[-1], kc.shape[2],
         HEAD_DIM**-0.5 * _LOG2E, gh, gw, gh // 4, gw // 4,
-        BLOCK=64, HEAD_DIM=HEAD_DIM, MODE=MODES[mode], num_warps=warps, num_stages=stages)
+        BLOCK=64, HEAD_DIM=HEAD_DIM, MODE=MODES[mode], num_warps=4, num_stages=stages)
     return out
 
 
@@ -200,9 +184,6 @@ def _kernels(q, k, v, kc, vc, layout, indices, counts):
         "full_passes2_no_evict": (prod(indices, kv_passes=2, qo_evict=""), 64),
         "raster_tma": (lambda: _diag("raster_tma", q, k, v, indices, layout), 64),
         "full_s6": (prod(indices, num_stages=6), 64),
-        "qk_ahead_s4": (lambda: _diag("qk_ahead", q, kc, vc, indices, layout, stages=4), 64),
-        "qk_ahead_s5": (lambda: _diag("qk_ahead", q, kc, vc, indices, layout, stages=5), 64),
-        "qk_ahead_s3": (lambda: _diag("qk_ahead", q, kc, vc, indices, layout, stages=3), 64),
         "loads": (lambda: _diag("loads", q, kc, vc, indices, layout), 64),
         "compute": (lambda: _diag("compute", q, kc, vc, indices, layout), 64),
         "pair_n": (lambda: _diag("pair_n", q, kc, vc, indices, layout), 64),
@@ -231,6 +212,16 @@ def _compiled_resources():
     return out
 
 
+def _gpu_state():
+    """SM clock, its maximum, temperature and power draw (nvidia-smi), to compare machines."""
+    query = "--query-gpu=clocks.sm,clocks.max.sm,temperature.gpu,power.draw"
+    try:
+        return subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True,
+                              text=True, check=False).stdout.strip()
+    except OSError as err:
+        return repr(err)
+
+
 def _copy_tb_s():
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
@@ -242,6 +233,7 @@ def main():
     ap.add_argument("--out", default="bsa_roofline.json")
     ap.add_argument("--grids", default="480p,720p,refine")
     ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    ap.add_argument("--reps", type=int, default=2, help="interleaved timings per variant")
     ap.add_argument("--ncu", action="store_true", help="run a few kernels twice at refine and exit")
     args = ap.parse_args()
     if args.ncu:
@@ -255,8 +247,10 @@ def main():
     result = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": triton.__version__, "python": platform.python_version(),
               "sms": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", None),
-              "copy_tb_s": _copy_tb_s(), "sparsity": SPARSITY, "grids": {}}
-    print(f"{result['card']}: copy {result['copy_tb_s']:.2f} TB/s (read + write)", flush=True)
+              "copy_tb_s": _copy_tb_s(), "sparsity": SPARSITY, "grids": {},
+              "clocks_temp_power": _gpu_state()}
+    print(f"{result['card']}: copy {result['copy_tb_s']:.2f} TB/s (read + write), "
+          f"{result['clocks_temp_power']}", flush=True)
     for name in args.grids.split(","):
         q, k, v, kc, vc, layout, indices, counts = _inputs(GRIDS[name])
         runs = _kernels(q, k, v, kc, vc, layout, indices, counts)
@@ -265,17 +259,19 @@ def main():
         ref = runs["full"][0]().float()
         pairs = float(counts.sum(dtype=torch.float64))
         row = {"blocks_per_query_chunk": int(counts[0, 0, 0]), "pairs": pairs}
-        for key in ("pair_n", "raster_tma", "full_passes2", "full_passes4", "full_no_evict",
-                    "qk_ahead_s5"):
+        for key in ("pair_n", "raster_tma", "full_passes2", "full_passes4", "full_no_evict"):
             if key not in runs:
                 continue
             other = runs[key][0]().float()
             row[key + "_rel_diff"] = ((other - ref).norm() / ref.norm()).item()
-        for key, (fn, rows) in runs.items():
-            times = [_ms(fn), _ms(fn)]
-            ms = min(times)
+        times = {key: [] for key in runs}
+        for _ in range(args.reps):  # interleaved, so drift hits every variant alike
+            for key, (fn, _rows) in runs.items():
+                times[key].append(_ms(fn))
+        for key, (_fn, rows) in runs.items():
+            ms = min(times[key])
             loads = pairs / (rows // 64)  # a 128-row tile shares each load between two chunks
-            row[key] = {"ms": times, "kv_tb_s": loads * 32768 / (ms * 1e-3) / 1e12,
+            row[key] = {"ms": times[key], "kv_tb_s": loads * 32768 / (ms * 1e-3) / 1e12,
                         "eff_tflops": 4 * HEAD_DIM * 64 * 64 * pairs / (ms * 1e-3) / 1e12}
         result["grids"][name] = row
         print(f"{name}: " + json.dumps(row), flush=True)
@@ -284,12 +280,12 @@ def main():
         torch.cuda.empty_cache()
     result["compiled"] = _compiled_resources()
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print("\n| grid | variant | ms (two runs) | K/V TB/s from L2 | eff TFLOP/s |")
+    print("\n| grid | variant | ms (each run) | K/V TB/s from L2 | eff TFLOP/s |")
     print("|---|---|---|---|---|")
     for name, row in result["grids"].items():
         for key, val in row.items():
             if isinstance(val, dict):
-                print(f"| {name} | {key} | {val['ms'][0]:.2f} / {val['ms'][1]:.2f} | "
+                print(f"| {name} | {key} | {' / '.join(f'{t:.2f}' for t in val['ms'])} | "
                       f"{val['kv_tb_s']:.2f} | {val['eff_tflops']:.0f} |")
     for c in result["compiled"]:
         print(c)
