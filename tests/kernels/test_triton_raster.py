@@ -22,17 +22,67 @@ def _topk_oracle(scores, k):
     return torch.stack(out).view(*scores.shape[:-1], k).to(torch.int32)
 
 
+def _check_topk(scores, k, row0=2, **launch):
+    """Write a slab at row0 of a larger index tensor: its rows equal the oracle, other rows and
+    the guard words around the tensor (a wrong rank would write there) stay untouched."""
+    B, H, R, nk = scores.shape
+    size, guard = B * H * (row0 + R + 1) * k, nk + k
+    buffer = torch.full((size + 2 * guard,), -1, dtype=torch.int32)
+    indices = buffer[guard:guard + size].view(B, H, row0 + R + 1, k)
+    topk_select_triton(scores, k, indices, row0, **launch)
+    assert torch.equal(indices[:, :, row0:row0 + R], _topk_oracle(scores, k))
+    assert (indices[:, :, :row0] == -1).all() and (indices[:, :, row0 + R:] == -1).all()
+    assert (buffer[:guard] == -1).all() and (buffer[guard + size:] == -1).all()
+
+
+# Nk not a power of two, K = 1, K = Nk, Nk = 1; 600 keys fill both parts of a row (8 + 2 a thread).
 @pytest.mark.parametrize("dtype,nk,k", [(torch.float32, 37, 5), (torch.float16, 200, 17),
-                                        (torch.float32, 16, 16), (torch.float32, 9, 1)])
+                                        (torch.float32, 16, 16), (torch.float32, 9, 1),
+                                        (torch.float16, 600, 37), (torch.float16, 1, 1)])
 def test_topk_select_matches_oracle(dtype, nk, k):
     gen = torch.Generator().manual_seed(nk)
     scores = torch.randn(2, 3, 7, nk, generator=gen).to(dtype)
     if dtype == torch.float16:  # few distinct values: many ties, negative and zero scores
         scores = (scores * 4).round() / 4
-    indices = torch.full((2, 3, 9, k), -1, dtype=torch.int32)
-    topk_select_triton(scores, k, indices, row0=2)
-    assert torch.equal(indices[:, :, 2:], _topk_oracle(scores, k))
-    assert (indices[:, :, :2] == -1).all()
+    _check_topk(scores, k)
+
+
+# Keys that differ only in the sign or top exponent bits (the one-bit passes) and only in the
+# last mantissa bits (the two-per-word passes), ±0, ±inf and the fp16 extremes.
+_EDGE_VALUES = [-float("inf"), -65504.0, -2.0, -1.0, -0.0, 0.0, 2.0**-14, 1.0, 1.0 + 2.0**-10,
+                1.0 + 2.0**-9, 1024.0, 65504.0, float("inf")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_topk_select_ties_signed_zeros_and_equal_rows(dtype):
+    gen = torch.Generator().manual_seed(5)
+    values = torch.tensor(_EDGE_VALUES)
+    scores = values[torch.randint(len(_EDGE_VALUES), (1, 2, 4, 45), generator=gen)]
+    scores[0, 0, 1] = -0.0  # all equal (and −0 == +0): the lowest ids win
+    scores[0, 0, 2, ::2] = 0.0
+    scores[0, 1, 3] = 1.0 + 2.0**-10
+    scores = scores.to(dtype)
+    for k in (1, 9, 23, 45):  # the K-th value lands on ties of different values across rows
+        _check_topk(scores, k)
+
+
+def test_topk_select_warps_and_long_rows():
+    """1-4 warps; 1500 keys on one warp: several 8-key runs in both parts (32 + 16 a thread)."""
+    gen = torch.Generator().manual_seed(7)
+    scores = ((torch.randn(1, 1, 2, 1500, generator=gen) * 8).round() / 8).to(torch.float16)
+    for num_warps in (1, 2, 4):
+        _check_topk(scores, 94, row0=1, num_warps=num_warps)
+
+
+def test_topk_select_rejects_bad_input():
+    indices = torch.zeros(1, 1, 1, 4, dtype=torch.int32)
+    half = torch.float16
+    for scores, k, warps in ((torch.zeros(1, 1, 1, 3), 4, None), (torch.zeros(1, 1, 1, 3), 0, None),
+                             (torch.zeros(1, 1, 1, 3, dtype=torch.int32), 2, None),
+                             (torch.zeros(1, 1, 1, 32768, dtype=half), 4, None),
+                             (torch.zeros(1, 1, 1, 2049, dtype=half), 4, 1)):  # > 64 keys a thread
+        with pytest.raises(ValueError):
+            topk_select_triton(scores, k, indices, 0, num_warps=warps)
 
 
 def test_pool_raster_and_padded_chunk_order(pooled_oracle):
