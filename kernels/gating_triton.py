@@ -214,7 +214,7 @@ def _topk_kernel(SCORES, IDX, n_rows, row0, NQ, NK_DIV, K, T: tl.constexpr, RA: 
 
 # Bits below LOW_BIT are zero in the key of every score of that dtype (bf16: 16, fp16: 13).
 _LOW_BIT = {torch.bfloat16: 16, torch.float16: 13, torch.float32: 0}
-_MAX_KEYS = 32767  # counts share an int32 as two signed 16-bit fields
+MAX_TOPK_KEYS = 32767  # counts share an int32 as two signed 16-bit fields
 _KEYS_PER_WARP = 32 * 64  # a thread holds at most two parts of 4 runs of 8 keys
 
 
@@ -259,8 +259,8 @@ def topk_select_triton(scores, k, indices, row0, num_warps=None):
         raise ValueError(f"scores must be bf16, fp16 or fp32, got {scores.dtype}")
     if not 1 <= k <= nk:
         raise ValueError(f"k must be in [1, {nk}], got {k}")
-    if nk > _MAX_KEYS:
-        raise ValueError(f"scores.shape[-1] must be at most {_MAX_KEYS}, got {nk}")
+    if nk > MAX_TOPK_KEYS:
+        raise ValueError(f"scores.shape[-1] must be at most {MAX_TOPK_KEYS}, got {nk}")
     num_warps = num_warps or _default_warps(nk)
     if nk > num_warps * _KEYS_PER_WARP:
         raise ValueError(f"num_warps must be at least Nk / {_KEYS_PER_WARP} = "

@@ -26,16 +26,24 @@ def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     through tensor descriptors (TMA). On H200 that beats reading K/V in raster order, copy
     included (docs/kernels.md, levers)."""
     from .bsa_fwd_triton import auto_kv_passes, bsa_fwd_triton_raster
-    from .gating_triton import pool_chunks_triton, topk_select_triton
+    from .gating_triton import pool_chunks_triton
     from .reorder_triton import chunk_order_kv_pooled
 
     kc, vc, k_pooled = chunk_order_kv_pooled(k, v, layout_k)
     q_pooled = pool_chunks_triton(q, layout_q, raster=True)
-    indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select_triton)
+    indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold,
+                                     _fused_topk(layout_k))
     del q_pooled, k_pooled
     out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True,
                                 kv_passes=auto_kv_passes(kc))
     return out, indices, counts
+
+
+def _fused_topk(layout_k):
+    """The Triton top-K, or None (torch.topk + sort) past the key-chunk count it can count."""
+    from .gating_triton import MAX_TOPK_KEYS, topk_select_triton
+
+    return topk_select_triton if layout_k.num_chunks <= MAX_TOPK_KEYS else None
 
 
 def _chunked(on_triton, q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
@@ -44,7 +52,8 @@ def _chunked(on_triton, q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     if on_triton:
         from .bsa_fwd_triton import auto_kv_passes
         from .bsa_fwd_triton import bsa_fwd_triton as run
-        from .gating_triton import topk_select_triton as topk_select
+
+        topk_select = _fused_topk(layout_k)
     qc = to_chunk_order(q, layout_q)
     kc = to_chunk_order(k, layout_k)
     vc = to_chunk_order(v, layout_k)

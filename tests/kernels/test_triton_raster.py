@@ -138,3 +138,12 @@ def test_public_raster_path_matches_torch_backend():
     assert rep.backend == "triton" and rep_ref.backend == "torch"
     assert torch.equal(rep.blocks_per_query_chunk, rep_ref.blocks_per_query_chunk)
     torch.testing.assert_close(out.float(), ref, atol=4e-3, rtol=0)
+
+
+def test_gating_falls_back_to_torch_topk_past_the_fused_limit():
+    """The fused top-K counts at most MAX_TOPK_KEYS key chunks; longer grids use torch.topk."""
+    from longcat_pack.kernels.gating_triton import MAX_TOPK_KEYS
+    from longcat_pack.kernels.op import _fused_topk
+
+    assert _fused_topk(make_layout((MAX_TOPK_KEYS, 1, 1), (1, 1, 1))) is topk_select_triton
+    assert _fused_topk(make_layout((MAX_TOPK_KEYS + 1, 1, 1), (1, 1, 1))) is None
