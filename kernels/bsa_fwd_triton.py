@@ -68,6 +68,18 @@ def _chunk_rows(slot, H, W, CH: tl.constexpr, CW: tl.constexpr):
 
 
 @triton.jit
+def _chunk_program(HEADS, H, W, nh, nw, CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+                   CHUNK_PAD: tl.constexpr):
+    """For a (chunk, batch·head) program: chunk c, b·heads+h, b and h (int64), the chunk's slots
+    (padded to CHUNK_PAD) and their rows in an (·, H, W) raster grid."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    slot = tl.arange(0, CHUNK_PAD)
+    rows = _chunk_base(c, nh, nw, H, W, CT, CH, CW) + _chunk_rows(slot, H, W, CH, CW)
+    return c, bh, (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), slot, rows
+
+
+@triton.jit
 def _softmax_step(acc, l_i, m_i, q, k_t, v, qk_scale, key_ok, MASKED: tl.constexpr):
     """One online-softmax update with a [HEAD_DIM, N] key tile and its [N, HEAD_DIM] values."""
     qk = tl.dot(q, k_t)

@@ -20,21 +20,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .bsa_fwd_triton import _chunk_base, _chunk_rows
+from .bsa_fwd_triton import _chunk_program
 
 
 @triton.jit
 def _pool_kernel(X, OUT, VALID, stride_xb, stride_xh, stride_xs, HEADS, NC, H, W, nh, nw,
                  CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CHUNK_PAD: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HAS_VALID: tl.constexpr):
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // HEADS).to(tl.int64)
-    h = (bh % HEADS).to(tl.int64)
+    c, bh, b, h, slot, rows = _chunk_program(HEADS, H, W, nh, nw, CT, CH, CW, CHUNK_PAD)
     CHUNK: tl.constexpr = CT * CH * CW
-    slot = tl.arange(0, CHUNK_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = _chunk_base(c, nh, nw, H, W, CT, CH, CW) + _chunk_rows(slot, H, W, CH, CW)
     ptrs = X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + offs_d[None, :]
     x = tl.load(ptrs, mask=(slot < CHUNK)[:, None], other=0.0).to(tl.float32)
     n = CHUNK

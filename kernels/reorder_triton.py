@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .bsa_fwd_triton import _chunk_base, _chunk_rows
+from .bsa_fwd_triton import _chunk_program
 
 
 @triton.jit
@@ -20,15 +20,10 @@ def _reorder_pool_kernel(K, V, KC, VC, KP, stride_kb, stride_kh, stride_ks,
                          stride_vb, stride_vh, stride_vs, HEADS, NC, H, W, nh, nw,
                          CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
                          CHUNK_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // HEADS).to(tl.int64)
-    h = (bh % HEADS).to(tl.int64)
+    c, bh, b, h, slot, rows = _chunk_program(HEADS, H, W, nh, nw, CT, CH, CW, CHUNK_PAD)
     CHUNK: tl.constexpr = CT * CH * CW
-    slot = tl.arange(0, CHUNK_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
     real = (slot < CHUNK)[:, None]
-    rows = _chunk_base(c, nh, nw, H, W, CT, CH, CW) + _chunk_rows(slot, H, W, CH, CW)
     k = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_ks + offs_d[None, :],
                 mask=real, other=0.0)
     v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vs + offs_d[None, :],
