@@ -251,7 +251,8 @@ def auto_kv_passes(k):
     else enough passes that each range's K/V fills at most half of it.
 
     H200 (60 MB L2), s = 0.9375: 43 MB per head (720p) is fastest in one pass (2 passes: +4 %);
-    86 MB (refine) runs 68.5 → 63.8 ms in 3 passes (2 passes: no gain); docs/kernels.md, levers.
+    86 MB (refine) runs 67.3–70.1 → 65.0–65.8 ms in 3 passes (2 passes: no gain); docs/kernels.md,
+    levers.
     """
     if not k.is_cuda:
         return 1
