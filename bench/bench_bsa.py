@@ -9,8 +9,9 @@ normal q/k/v in raster order) this times, with ``triton.testing.do_bench`` media
     Triton pass; the torch copies it replaced beside it), gating (q pooled from raster order +
     slabbed scores + fused top-K), the raster kernel alone (its automatic key-range passes), and
     the whole public call, with the call's peak VRAM;
-  * launch variants of the kernel at 720p, s=0.9375 (warps/stages, grid order, warp
-    specialisation) and the long-grid check (T96 H44 W80: whole call, time and peak VRAM).
+  * launch variants of the kernel at 720p, s=0.9375 (warps / stages, raster or chunk-ordered
+    K/V, pointer or descriptor loads) and the long-grid check (T96 H44 W80: whole call, time and
+    peak VRAM).
 It prints a table and writes JSON (card, versions, shapes, every number).
 
 Usage (on a CUDA machine):
