@@ -53,7 +53,8 @@ from longcat_pack.kernels.chunking import make_layout, to_chunk_order
 from longcat_pack.kernels.gating import select_slabbed
 from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_triton
 
-GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80)}
+GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80),
+         "long": (96, 44, 80)}
 HEADS, HEAD_DIM, CHUNK, SPARSITY = 32, 128, (4, 4, 4), 0.9375
 MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4}
 
@@ -181,6 +182,7 @@ def _kernels(q, k, v, kc, vc, layout, indices, counts):
         "full_passes2": (prod(indices, kv_passes=2), 64),
         "full_passes3": (prod(indices, kv_passes=3), 64),
         "full_passes4": (prod(indices, kv_passes=4), 64),
+        "full_passes6": (prod(indices, kv_passes=6), 64),
         "full_passes2_no_evict": (prod(indices, kv_passes=2, qo_evict=""), 64),
         "raster_tma": (lambda: _diag("raster_tma", q, k, v, indices, layout), 64),
         "full_s6": (prod(indices, num_stages=6), 64),

@@ -254,16 +254,19 @@ def auto_kv_passes(k):
     86 MB (refine) runs 67.3–70.1 → 65.0–65.8 ms in 3 passes (2 passes: no gain); docs/kernels.md,
     levers.
     """
-    if not k.is_cuda:
+    l2_bytes = _hopper_l2_bytes(k.device) if k.is_cuda else None
+    if l2_bytes is None:
         return 1
     kv_bytes = 2 * k.shape[2] * k.shape[3] * k.element_size()
-    l2_bytes = _l2_bytes(k.device)
     return 1 if kv_bytes <= 0.75 * l2_bytes else math.ceil(kv_bytes / (0.5 * l2_bytes))
 
 
 @functools.cache
-def _l2_bytes(device):
-    return torch.cuda.get_device_properties(device).L2_cache_size
+def _hopper_l2_bytes(device):
+    """L2 size of a Hopper-or-newer GPU, else None: passes were measured on Hopper only; where
+    the arithmetic bounds the kernel (smaller GPUs) their state traffic would only cost."""
+    props = torch.cuda.get_device_properties(device)
+    return props.L2_cache_size if (props.major, props.minor) >= (9, 0) else None
 
 
 def _pass_ranges(indices, counts, n_key_chunks, passes):

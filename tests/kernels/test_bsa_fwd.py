@@ -130,10 +130,11 @@ def test_key_range_passes_rejects_bad_values(passes):
 
 @needs_triton
 def test_auto_kv_passes_follows_l2(monkeypatch):
-    """One pass while one head's K+V fits 3/4 of L2, else ranges of at most half of it."""
+    """One pass while one head's K+V fits 3/4 of L2, else ranges of at most half of it; one pass
+    on GPUs older than Hopper (no L2 size given)."""
     from longcat_pack.kernels import bsa_fwd_triton as mod
 
-    monkeypatch.setattr(mod, "_l2_bytes", lambda device: 60 * 2**20)
+    monkeypatch.setattr(mod, "_hopper_l2_bytes", lambda device: 60 * 2**20)
 
     class FakeCudaKeys:  # only what auto_kv_passes reads: a CUDA tensor's shape and item size
         is_cuda = True
@@ -149,3 +150,5 @@ def test_auto_kv_passes_follows_l2(monkeypatch):
     assert mod.auto_kv_passes(FakeCudaKeys(168_960)) == 3   # refine: 82.5 MiB
     assert mod.auto_kv_passes(FakeCudaKeys(337_920)) == 6   # T96 H44 W80: 165 MiB
     assert mod.auto_kv_passes(torch.zeros(1, 1, 10**6, 128)) == 1  # CPU: no L2 to fit
+    monkeypatch.setattr(mod, "_hopper_l2_bytes", lambda device: None)
+    assert mod.auto_kv_passes(FakeCudaKeys(168_960)) == 1
