@@ -13,6 +13,7 @@ import torch
 
 from ..longcat import schedules
 from ..longcat.bsa_settings import PUBLISHED_CHUNK, PUBLISHED_SPARSITY, BSASettings
+from ..longcat.convert import DTYPE_NAMES
 from ..longcat.frames import (
     LATENT_CHANNELS,
     REFINE_MULTIPLE,
@@ -26,6 +27,7 @@ from ..longcat.long_video import refine_windows
 # umT5 sequence length the official pipeline pads every prompt to (reference/longcat.md 2.1).
 TEXT_TOKENS = 512
 
+# The loader widget's choices: "default" plus names of convert.DTYPE_NAMES (the converter's --dtype).
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2")
 
 # Key under which a LATENT carries how many leading latent frames are clean conditioning.
@@ -57,18 +59,9 @@ PRESET_NAMES = (*BSA_PRESETS, "custom")
 
 def weight_dtype_option(name: str) -> torch.dtype | None:
     """Map the loader's ``weight_dtype`` widget to a torch dtype (None = ComfyUI's choice)."""
-    table = {
-        "default": None,
-        "bf16": torch.bfloat16,
-        "fp16": torch.float16,
-        "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
-        "fp8_e5m2": getattr(torch, "float8_e5m2", None),
-    }
-    if name not in table:
+    if name not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {name!r}")
-    if name != "default" and table[name] is None:
-        raise ValueError(f"weight_dtype {name!r} needs a torch build with float8 types")
-    return table[name]
+    return None if name == "default" else DTYPE_NAMES[name]
 
 
 def parse_dense_blocks(text: str) -> frozenset[int]:
