@@ -14,6 +14,7 @@ For divisible grids the order is exactly the official one.
 Imports only torch; must not import triton, the model package or ComfyUI.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -66,13 +67,11 @@ class ChunkLayout:
         return any(g % c for g, c in zip(self.grid, self.chunk))
 
     def valid(self, device=None):
-        """Real tokens per chunk, int32 ``[num_chunks]`` (``chunk_size`` where not padded)."""
-        per_axis = []
-        for g, c, n in zip(self.grid, self.chunk, self.chunk_grid):
-            starts = torch.arange(n, device=device) * c
-            per_axis.append((g - starts).clamp(max=c))
-        counts = per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]
-        return counts.reshape(-1).to(torch.int32)
+        """Real tokens per chunk, int32 ``[num_chunks]`` (``chunk_size`` where not padded).
+
+        Built once per (layout, device) and shared: the attention of every layer and step asks
+        for the same tables, so callers must not write into them (likewise the two indices)."""
+        return _cached(_valid, self, device)
 
     def gather_index(self, device=None):
         """Raster token index for every chunk-order slot, int64 ``[num_chunks·chunk_size]``.
@@ -80,32 +79,54 @@ class ChunkLayout:
         Padded slots hold ``num_tokens`` (one past the last token), so gathering from a tensor with
         one extra zero row appended fills them with zeros. Real tokens come first in each chunk.
         """
-        (T, H, W), (t, h, w) = self.grid, self.chunk
-        nt, nh, nw = self.chunk_grid
-        # Coordinates of every slot in the padded grid, laid out (nt, nh, nw, t, h, w).
-        ct = (torch.arange(nt, device=device)[:, None] * t + torch.arange(t, device=device))
-        ch = (torch.arange(nh, device=device)[:, None] * h + torch.arange(h, device=device))
-        cw = (torch.arange(nw, device=device)[:, None] * w + torch.arange(w, device=device))
-        ct = ct[:, None, None, :, None, None]
-        ch = ch[None, :, None, None, :, None]
-        cw = cw[None, None, :, None, None, :]
-        real = (ct < T) & (ch < H) & (cw < W)
-        raster = (ct * H + ch) * W + cw
-        raster = torch.where(real, raster, torch.full_like(raster, self.num_tokens))
-        raster = raster.reshape(self.num_chunks, self.chunk_size)
-        real = real.expand(nt, nh, nw, t, h, w).reshape(self.num_chunks, self.chunk_size)
-        # Stable sort on "is padding" moves real tokens to the front, keeping their raster order.
-        order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
-        return torch.gather(raster, 1, order).reshape(-1)
+        return _cached(_gather_index, self, device)
 
     def scatter_index(self, device=None):
         """Chunk-order slot of every raster token, int64 ``[num_tokens]`` (inverse of gather)."""
-        gather = self.gather_index(device)
-        slots = torch.arange(gather.numel(), device=device)
-        real = gather < self.num_tokens
-        inverse = torch.empty(self.num_tokens, dtype=torch.int64, device=device)
-        inverse[gather[real]] = slots[real]
-        return inverse
+        return _cached(_scatter_index, self, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(build, layout, device):
+    return build(layout, device)
+
+
+def _valid(layout, device):
+    per_axis = []
+    for g, c, n in zip(layout.grid, layout.chunk, layout.chunk_grid):
+        starts = torch.arange(n, device=device) * c
+        per_axis.append((g - starts).clamp(max=c))
+    counts = per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]
+    return counts.reshape(-1).to(torch.int32)
+
+
+def _gather_index(layout, device):
+    (T, H, W), (t, h, w) = layout.grid, layout.chunk
+    nt, nh, nw = layout.chunk_grid
+    # Coordinates of every slot in the padded grid, laid out (nt, nh, nw, t, h, w).
+    ct = (torch.arange(nt, device=device)[:, None] * t + torch.arange(t, device=device))
+    ch = (torch.arange(nh, device=device)[:, None] * h + torch.arange(h, device=device))
+    cw = (torch.arange(nw, device=device)[:, None] * w + torch.arange(w, device=device))
+    ct = ct[:, None, None, :, None, None]
+    ch = ch[None, :, None, None, :, None]
+    cw = cw[None, None, :, None, None, :]
+    real = (ct < T) & (ch < H) & (cw < W)
+    raster = (ct * H + ch) * W + cw
+    raster = torch.where(real, raster, torch.full_like(raster, layout.num_tokens))
+    raster = raster.reshape(layout.num_chunks, layout.chunk_size)
+    real = real.expand(nt, nh, nw, t, h, w).reshape(layout.num_chunks, layout.chunk_size)
+    # Stable sort on "is padding" moves real tokens to the front, keeping their raster order.
+    order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
+    return torch.gather(raster, 1, order).reshape(-1)
+
+
+def _scatter_index(layout, device):
+    gather = layout.gather_index(device)
+    slots = torch.arange(gather.numel(), device=device)
+    real = gather < layout.num_tokens
+    inverse = torch.empty(layout.num_tokens, dtype=torch.int64, device=device)
+    inverse[gather[real]] = slots[real]
+    return inverse
 
 
 def make_layout(grid, chunk, grid_name="grid", chunk_name="chunk_3d_shape"):
@@ -132,10 +153,13 @@ def to_chunk_order(x, layout):
 
     Padded slots are zero. Divisible grids take a view/permute (one copy); others a gather.
     """
+    return _on_words(_to_chunk_order, x, layout)
+
+
+def _on_words(reorder, x, layout):
+    """``reorder(x, layout)`` run on x's int64-word view where it has one (see ``_as_words``)."""
     words = _as_words(x)
-    if words is not x:
-        return _to_chunk_order(words, layout).view(x.dtype)
-    return _to_chunk_order(x, layout)
+    return reorder(x, layout) if words is x else reorder(words, layout).view(x.dtype)
 
 
 def _to_chunk_order(x, layout):
@@ -156,10 +180,7 @@ def from_chunk_order(y, layout):
 
     Padded slots are dropped.
     """
-    words = _as_words(y)
-    if words is not y:
-        return _from_chunk_order(words, layout).view(y.dtype)
-    return _from_chunk_order(y, layout)
+    return _on_words(_from_chunk_order, y, layout)
 
 
 def _from_chunk_order(y, layout):
