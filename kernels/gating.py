@@ -48,11 +48,6 @@ def pool_chunks(x_chunked, chunk_size, valid=None):
     return (total / valid.to(torch.float32)[:, None]).to(x_chunked.dtype)
 
 
-def chunk_scores(q_pooled, k_pooled):
-    """Unscaled chunk scores q̄·k̄ᵀ, ``[B, heads, Nq, Nk]`` in the input dtype (official: bf16)."""
-    return torch.matmul(q_pooled, k_pooled.transpose(-1, -2))
-
-
 def topk_count(sparsity, num_key_chunks):
     """K = floor((1 − sparsity) · Nk) as the official code computes it, but at least 1."""
     return max(1, int((1 - sparsity) * num_key_chunks))
@@ -72,7 +67,7 @@ def select_blocks(scores, sparsity, cdf_threshold, head_dim):
     """Select key chunks per query chunk.
 
     Args:
-        scores: ``[B, heads, Nq, Nk]`` from ``chunk_scores``.
+        scores: ``[B, heads, Nq, Nk]`` unscaled q̄·k̄ᵀ in the input dtype (official: bf16).
         sparsity: float in [0, 1) or None (CDF only).
         cdf_threshold: float in (0, 1] or None (top-K only). Not both None.
         head_dim: D, for the CDF softmax scale 1/√D.
