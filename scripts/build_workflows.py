@@ -42,31 +42,42 @@ OBJECT_INFO = ROOT / "tests" / "data" / "object_info.json"
 OUT = ROOT / "workflows"
 
 
-def _start(info: dict, prompt_title: str):
-    """A workflow with the model loaders in the first column and one prompt in the second."""
-    wf = Workflow(info)
-    models = load_models(wf, Column(0))
-    pos = encode(wf, Column(460), models["clip"], PROMPT, prompt_title)
-    wf.group("Prompt", [pos])
-    return wf, models, pos
-
-
-def t2v_480p(info: dict) -> Workflow:
+def _start(info: dict, prompt_title: str, negative: bool = False):
+    """A workflow with the model loaders in the first column and, in the second, the prompt
+    (and the official negative); returns (workflow, model loaders by role, prompt nodes)."""
     wf = Workflow(info)
     models = load_models(wf, Column(0))
     p = Column(460)
-    pos = encode(wf, p, models["clip"], PROMPT, "Positive prompt")
-    neg = encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)", negative=True)
-    wf.group("Prompt", [pos, neg])
-    s = Column(960)
-    latent = s.push(wf.add("EmptyHunyuanLatentVideo", s.next(),
+    prompts = [encode(wf, p, models["clip"], PROMPT, prompt_title)]
+    if negative:
+        prompts.append(encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)",
+                              negative=True))
+    wf.group("Prompt", prompts)
+    return wf, models, prompts
+
+
+def _empty_latent(wf: Workflow, col: Column):
+    return col.push(wf.add("EmptyHunyuanLatentVideo", col.next(),
                            {"width": 832, "height": 480, "length": 93, "batch_size": 1}))
+
+
+def _decode_and_save(wf: Workflow, sampler, vae, prefix: str,
+                     group: str = "Decode and save (15 fps)", title=None):
+    """VAEDecode and a 15 fps video in the third column, framed as ``group``; returns IMAGE."""
+    o = Column(1420)
+    images = decode(wf, o, sampler, vae)
+    _, save = save_video(wf, o, images, 15.0, prefix, title=title)
+    wf.group(group, [images, save])
+    return images
+
+
+def t2v_480p(info: dict) -> Workflow:
+    wf, models, (pos, neg) = _start(info, "Positive prompt", negative=True)
+    s = Column(960)
+    latent = _empty_latent(wf, s)
     sampler = sample(wf, s, models["dit"], pos, latent, "normal", 50, 4.0, negative=neg)
     wf.group("Sample: 50 steps, guidance 4", [latent, sampler])
-    o = Column(1420)
-    images = decode(wf, o, sampler, models["vae"])
-    _, save = save_video(wf, o, images, 15.0, "LongCat/t2v_480p")
-    wf.group("Decode and save (15 fps)", [images, save])
+    _decode_and_save(wf, sampler, models["vae"], "LongCat/t2v_480p")
     vram_note(wf, (-520, 0), "LongCat-Video text-to-video, 480p, 50 steps",
               "The official base recipe: 480×832, 93 frames (6.2 s at 15 fps), 50 Euler steps "
               "on the shift-12 flow schedule, CFG-Zero* guidance 4.0 with the official negative "
@@ -75,17 +86,13 @@ def t2v_480p(info: dict) -> Workflow:
 
 
 def t2v_distill(info: dict) -> Workflow:
-    wf, models, pos = _start(info, "Positive prompt")
+    wf, models, (pos,) = _start(info, "Positive prompt")
     s = Column(960)
     distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
-    latent = s.push(wf.add("EmptyHunyuanLatentVideo", s.next(),
-                           {"width": 832, "height": 480, "length": 93, "batch_size": 1}))
+    latent = _empty_latent(wf, s)
     sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0)
     wf.group("Distilled: 16 steps, cfg 1", [distill, latent, sampler])
-    o = Column(1420)
-    images = decode(wf, o, sampler, models["vae"])
-    _, save = save_video(wf, o, images, 15.0, "LongCat/t2v_480p_distill")
-    wf.group("Decode and save (15 fps)", [images, save])
+    _decode_and_save(wf, sampler, models["vae"], "LongCat/t2v_480p_distill")
     vram_note(wf, (-520, 0), "LongCat-Video text-to-video, distilled (16 steps)",
               "The official distilled recipe: `cfg_step_lora` at strength 1, the 16-step distill "
               "schedule, guidance 1.0 and no negative prompt (one DiT pass per step, ~6× "
@@ -95,11 +102,6 @@ def t2v_distill(info: dict) -> Workflow:
     return wf
 
 
-def _empty_latent(wf: Workflow, col: Column):
-    return col.push(wf.add("EmptyHunyuanLatentVideo", col.next(),
-                           {"width": 832, "height": 480, "length": 93, "batch_size": 1}))
-
-
 def _distilled_stage1(wf: Workflow, models: dict, pos, make_latent=_empty_latent):
     """Stage 1 of the refine workflows: cfg_step_lora, 16 steps, guidance 1; returns IMAGE."""
     s = Column(960)
@@ -107,11 +109,8 @@ def _distilled_stage1(wf: Workflow, models: dict, pos, make_latent=_empty_latent
     latent = make_latent(wf, s)
     sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0, title="Stage 1 sampler")
     wf.group("Stage 1: 480p, 16 steps", [distill, latent, sampler])
-    o = Column(1420)
-    images = decode(wf, o, sampler, models["vae"])
-    _, save = save_video(wf, o, images, 15.0, "LongCat/stage1_480p", title="Save 480p")
-    wf.group("Stage 1 output (15 fps)", [images, save])
-    return images
+    return _decode_and_save(wf, sampler, models["vae"], "LongCat/stage1_480p",
+                            "Stage 1 output (15 fps)", title="Save 480p")
 
 
 def _refine_stage(wf: Workflow, models: dict, pos, images, prefix: str, x: float = 960,
@@ -131,7 +130,7 @@ def _refine_stage(wf: Workflow, models: dict, pos, images, prefix: str, x: float
 
 
 def t2v_refine(info: dict) -> Workflow:
-    wf, models, pos = _start(info, "Prompt (both stages)")
+    wf, models, (pos,) = _start(info, "Prompt (both stages)")
     images = _distilled_stage1(wf, models, pos)
     _refine_stage(wf, models, pos, images, "LongCat/t2v_720p")
     vram_note(wf, (-520, 0), "Text-to-video, then refine to 720p with BSA",
@@ -191,10 +190,7 @@ def continuation(info: dict) -> Workflow:
     wf.link(parts.out("images"), latent, "video")
     sampler = sample(wf, s, models["dit"], pos, latent, "enhance_hf", 50, 4.0, negative=neg)
     wf.group("Continue: 13 cond frames", [latent, sampler])
-    o = Column(1420)
-    images = decode(wf, o, sampler, models["vae"])
-    _, save = save_video(wf, o, images, 15.0, "LongCat/continuation")
-    wf.group("Decode and save (15 fps)", [images, save])
+    _decode_and_save(wf, sampler, models["vae"], "LongCat/continuation")
     vram_note(wf, (-520, 0), "Video continuation",
               "The last 13 frames of the input video (4 latent frames) are encoded as clean "
               "conditioning; 80 new frames follow (93 in all, the first 13 reproduce the "
@@ -257,7 +253,7 @@ def long_video(info: dict) -> Workflow:
 
 
 def bsa_comparison(info: dict) -> Workflow:
-    wf, models, pos = _start(info, "Prompt (both stages)")
+    wf, models, (pos,) = _start(info, "Prompt (both stages)")
     images = _distilled_stage1(wf, models, pos)
     r = Column(960, 860)
     refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
