@@ -15,14 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .weights import (
-    SAFETENSORS_DTYPES,
-    cast_tensor,
-    check_keys,
-    collect_tensors,
-    infer_config,
-    storage_dtype,
-)
+from .weights import SAFETENSORS_DTYPES, cast_tensor, inspect_checkpoint, storage_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +61,7 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
         raise ValueError(f"output must end with .safetensors, got {dst.name}")
     if not dst.parent.is_dir():
         raise ValueError(f"output folder {dst.parent} does not exist; create it first")
-    infos = collect_tensors(src)
-    check_keys(infos, infer_config(infos))
+    infos, _ = inspect_checkpoint(src)
     plan, header = plan_layout(infos, dtype)
     partial = dst.with_name(dst.name + ".partial")
     try:

@@ -239,15 +239,24 @@ def _check_dtype(dtype):
         raise ValueError(f"dtype must be None or one of {STORAGE_DTYPES}, got {dtype}")
 
 
-def load_state_dict(path, dtype: torch.dtype | None = None, device="cpu") -> dict:
-    """Validated official-key state dict from a file / index / ``dit/`` folder, cast tensor by tensor.
+def inspect_checkpoint(path) -> tuple[dict, dict]:
+    """``({official key: TensorInfo}, DiT config)`` of a file / index / ``dit/`` folder, validated
+    from the headers alone (each header read once, no tensor data).
 
-    dtype: None keeps the file's dtypes; bf16/fp16/fp32, or fp8 (e4m3fn / e5m2) for Linear weights.
     Raises ValueError for bad files, non-LongCat checkpoints and key/shape mismatches.
     """
-    _check_dtype(dtype)
     infos = collect_tensors(path)
-    check_keys(infos, infer_config(infos))
+    config = infer_config(infos)
+    check_keys(infos, config)
+    return infos, config
+
+
+def read_tensors(infos: dict, dtype: torch.dtype | None = None, device="cpu") -> dict:
+    """State dict of the tensors ``infos`` (from ``inspect_checkpoint``) locates, cast tensor by tensor.
+
+    dtype: None keeps the file's dtypes; bf16/fp16/fp32, or fp8 (e4m3fn / e5m2) for Linear weights.
+    """
+    _check_dtype(dtype)
     by_file: dict[Path, list] = {}
     for key, info in infos.items():
         by_file.setdefault(info.file, []).append((key, info))
@@ -257,8 +266,20 @@ def load_state_dict(path, dtype: torch.dtype | None = None, device="cpu") -> dic
             for key, info in entries:
                 target = storage_dtype(key, info.shape, dtype, info.dtype)
                 state[key] = cast_tensor(f.get_tensor(info.name), target)
-    logger.info("loaded %d LongCat DiT tensors from %s", len(state), path)
+    logger.info("loaded %d LongCat DiT tensors from %s", len(state), ", ".join(sorted({f.name for f in by_file})))
     return state
+
+
+def load_state_dict(path, dtype: torch.dtype | None = None, device="cpu") -> dict:
+    """Validated official-key state dict from a file / index / ``dit/`` folder, cast tensor by tensor.
+
+    dtype: None keeps the file's dtypes; bf16/fp16/fp32, or fp8 (e4m3fn / e5m2) for Linear weights.
+    Raises ValueError for a bad dtype (before any file is opened), bad files, non-LongCat
+    checkpoints and key/shape mismatches.
+    """
+    _check_dtype(dtype)
+    infos, _ = inspect_checkpoint(path)
+    return read_tensors(infos, dtype, device)
 
 
 def read_text_tokens_zero_pad(path) -> bool:
@@ -282,8 +303,8 @@ def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=No
     mixed-dtype files run). The model is built on the meta device and the loaded tensors are
     assigned into it.
     """
-    state = load_state_dict(path, dtype=dtype, device=device)
-    config = infer_config(state)
+    infos, config = inspect_checkpoint(path)
+    state = read_tensors(infos, dtype, device)
     model = LongCatVideoDiT(**config, text_tokens_zero_pad=read_text_tokens_zero_pad(path), attention=attention,
                             device="meta", operations=cast_ops if operations is None else operations)
     model.load_state_dict(state, strict=True, assign=True)

@@ -48,6 +48,20 @@ def test_load_sharded_folder_equals_state(tmp_path):
     assert torch.equal(model.blocks[1].ffn.w2.weight, state["blocks.1.ffn.w2.weight"])
 
 
+
+def test_load_dit_reads_each_header_once(tmp_path, monkeypatch):
+    folder = write_sharded(tmp_path / "dit", random_state())
+    reads = []
+    real = weights.read_header
+    monkeypatch.setattr(weights, "read_header", lambda path: reads.append(path.name) or real(path))
+    infos, config = weights.inspect_checkpoint(folder)
+    state = weights.read_tensors(infos)
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == 3
+    assert config == weights.infer_config(state)
+    reads.clear()
+    weights.load_dit(folder)
+    assert len(reads) == 3
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2])
 def test_load_single_file_with_storage_dtype(tmp_path, dtype):
     state = random_state()
