@@ -2,8 +2,8 @@
 
 Validates the call, picks the backend (recording why), and runs the custom op
 ``longcat_bsa::forward`` (kernels/op.py): on Triton with grids divisible by their chunks it reads
-q and writes o in raster order, with only K/V reordered (kernels/gating_triton.py,
-kernels/bsa_fwd_triton.py, imported lazily); otherwise it reorders tokens into padded 3D chunks
+q and writes o in raster order, with only K/V copied into chunk order (kernels/reorder_triton.py,
+kernels/gating_triton.py, kernels/bsa_fwd_triton.py, imported lazily); otherwise it reorders tokens into padded 3D chunks
 (kernels/chunking.py), gates (kernels/gating.py), runs the Triton kernel or the torch reference
 (kernels/reference.py), and restores the caller's token order. Everything here is static Python
 on shapes, dtypes and devices, so ``torch.compile(fullgraph=True)`` traces it with the op as one node.
