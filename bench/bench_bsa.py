@@ -21,33 +21,23 @@ Usage (on a CUDA machine):
 
 import argparse
 import json
-import math
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from triton.testing import do_bench
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack
-
-import_pack()
+from _common import CHUNK, GRIDS, HEAD_DIM, HEADS, ms, peak_mb, random_qkv
 from longcat_pack.kernels import block_sparse_attention
 from longcat_pack.kernels.bsa_fwd_triton import auto_kv_passes, bsa_fwd_triton_raster
 from longcat_pack.kernels.chunking import make_layout, to_chunk_order
 from longcat_pack.kernels.gating import select_slabbed
 from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_triton
 from longcat_pack.kernels.reorder_triton import chunk_order_kv_pooled
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80),
-         "long": (96, 44, 80)}
 SPARSITIES = (0.875, 0.9375, 0.96875)
-HEADS, HEAD_DIM, CHUNK = 32, 128, (4, 4, 4)
 # Official LongCat BSA on an H200 (reference/kernels.md, last section): total, gating, kernel ms.
 OFFICIAL_H200 = {
     ("480p", 0.875): (11.24, 0.96, 8.50), ("480p", 0.9375): (7.23, 0.96, 4.34),
@@ -55,11 +45,6 @@ OFFICIAL_H200 = {
     ("720p", 0.9375): (26.31, 2.03, 20.49), ("720p", 0.96875): (16.57, 2.02, 10.49),
     ("refine", 0.9375): (118.41, 5.81, 97.03), ("refine", 0.96875): (59.77, 4.95, 46.09),
 }
-
-
-def _ms(fn):
-    """Median ms; do_bench flushes L2 between reps and sizes its repeats from a first estimate."""
-    return do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
 def _dense(q, k, v, which):
@@ -71,7 +56,7 @@ def _dense(q, k, v, which):
             with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v)
         try:
-            out[name] = _ms(run)
+            out[name] = ms(run)
         except RuntimeError as err:  # a backend can be unavailable for this build
             out[name] = None
             print(f"  {name}: unavailable ({err})", flush=True)
@@ -94,16 +79,6 @@ def _flex_runner(qc, kc, vc, indices, counts, nk):
 _flex_runner.compiled = None
 
 
-def _peak_mb(fn):
-    """Peak VRAM of one call above what was allocated before it (MB)."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
 def _gate_ours(q, k_pooled, layout, s):
     """The public call's gating after the K/V copy: q pooled from raster order, scores, top-K."""
     qp = pool_chunks_triton(q, layout, raster=True)
@@ -122,21 +97,21 @@ def _bench_sparse(name, grid, q, k, v, s, flex, dense_ms):
     passes = auto_kv_passes(kc)
     row = {"grid_name": name, "grid": grid, "tokens": layout.num_tokens, "sparsity": s,
            "blocks_per_query_chunk": int(counts[0, 0, 0]), "kv_passes": passes}
-    row["kv_copy_pool_ms"] = _ms(lambda: chunk_order_kv_pooled(k, v, layout))
-    row["torch_kv_copy_ms"] = _ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
-    row["gating_ms"] = _ms(lambda: _gate_ours(q, kp, layout, s))
-    row["gating_peak_mb"] = _peak_mb(lambda: _gate_ours(q, kp, layout, s))
+    row["kv_copy_pool_ms"] = ms(lambda: chunk_order_kv_pooled(k, v, layout))
+    row["torch_kv_copy_ms"] = ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
+    row["gating_ms"] = ms(lambda: _gate_ours(q, kp, layout, s))
+    row["gating_peak_mb"] = peak_mb(lambda: _gate_ours(q, kp, layout, s))
     kernel = lambda: bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout, layout,
                                            kv_chunked=True, kv_passes=passes)
-    row["kernel_ms"] = _ms(kernel)
+    row["kernel_ms"] = ms(kernel)
     call = lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s)
-    row["total_ms"] = _ms(call)
-    row["total_peak_mb"] = _peak_mb(call)
+    row["total_ms"] = ms(call)
+    row["total_peak_mb"] = peak_mb(call)
     if flex:
         qc = to_chunk_order(q, layout)
         run = _flex_runner(qc, kc, vc, indices, counts, layout.num_chunks)
         ref = run()
-        row["flex_ms"] = _ms(run)
+        row["flex_ms"] = ms(run)
         ours = to_chunk_order(kernel(), layout)
         row["rel_diff_vs_flex"] = ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
     # 4·D FLOP per (query, key) pair (QKᵀ and P·V), over the 64×64 pairs of every kept block.
@@ -171,7 +146,7 @@ VARIANTS = {  # kernel launch variants timed at one shape (the levers table in d
 
 def _try_ms(fn):
     try:
-        return _ms(fn)
+        return ms(fn)
     except Exception as err:  # noqa: BLE001 — an unlaunchable variant is a result, not a crash
         return f"failed: {type(err).__name__}: {str(err)[:200]}"
 
@@ -186,16 +161,16 @@ def _hybrid_call(q, k, v, layout, s, **launch):
 
 def _gating_parts(q, k, layout, s):
     qp, kp = pool_chunks_triton(q, layout, raster=True), pool_chunks_triton(k, layout, raster=True)
-    out = {"pool_q_and_k": _ms(lambda: (pool_chunks_triton(q, layout, raster=True),
-                                        pool_chunks_triton(k, layout, raster=True)))}
+    out = {"pool_q_and_k": ms(lambda: (pool_chunks_triton(q, layout, raster=True),
+                                       pool_chunks_triton(k, layout, raster=True)))}
     scores = qp @ kp.transpose(-1, -2)
     kk = max(1, int((1 - s) * scores.shape[-1]))
     idx = torch.empty(*scores.shape[:3], kk, dtype=torch.int32, device=q.device)
-    out["scores_matmul"] = _ms(lambda: qp @ kp.transpose(-1, -2))
-    out["torch_topk_sort"] = _ms(lambda: torch.sort(torch.topk(scores, kk, dim=-1).indices, -1))
+    out["scores_matmul"] = ms(lambda: qp @ kp.transpose(-1, -2))
+    out["torch_topk_sort"] = ms(lambda: torch.sort(torch.topk(scores, kk, dim=-1).indices, -1))
     for warps in (2, 4, 8):
-        out[f"topk_w{warps}"] = _ms(lambda w=warps: topk_select_triton(scores, kk, idx, 0,
-                                                                      num_warps=w))
+        out[f"topk_w{warps}"] = ms(lambda w=warps: topk_select_triton(scores, kk, idx, 0,
+                                                                     num_warps=w))
     return out
 
 
@@ -209,17 +184,17 @@ def _sweep(q, k, v, grid, s):
         for key, (kv, kw) in VARIANTS.items():
             kk, vv = (kc, vc) if kv == "chunk" else (k, v)
             try:
-                out[key + rep] = _ms(lambda kw=kw, kk=kk, vv=vv, kv=kv: bsa_fwd_triton_raster(
+                out[key + rep] = ms(lambda kw=kw, kk=kk, vv=vv, kv=kv: bsa_fwd_triton_raster(
                     q, kk, vv, indices, counts, layout, layout, kv_chunked=kv == "chunk", **kw))
             except Exception as err:  # noqa: BLE001 — an unlaunchable config is a result
                 out[key + rep] = f"failed: {type(err).__name__}: {str(err)[:200]}"
-        out["call_raster" + rep] = _ms(lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s))
+        out["call_raster" + rep] = ms(lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s))
         for st in (4, 5):
             out[f"call_kvchunk_w4s{st}" + rep] = _try_ms(lambda st=st: _hybrid_call(
                 q, k, v, layout, s, num_warps=4, num_stages=st, tma=False))
             out[f"call_kvchunk_tma_w4s{st}" + rep] = _try_ms(lambda st=st: _hybrid_call(
                 q, k, v, layout, s, num_warps=4, num_stages=st, tma=True))
-        out["reorder_k_and_v" + rep] = _ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
+        out["reorder_k_and_v" + rep] = ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
     out["gating_parts"] = _gating_parts(q, k, layout, s)
     return out
 
@@ -228,15 +203,14 @@ def _long_grid(s=0.9375):
     """T96 H44 W80 (337,920 tokens): whole call and gating alone, time and peak VRAM."""
     grid = GRIDS["long"]
     layout = make_layout(grid, CHUNK)
-    q, k, v = (torch.randn(1, HEADS, layout.num_tokens, HEAD_DIM, device="cuda",
-                           dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = random_qkv(grid)
     _, _, kp = chunk_order_kv_pooled(k, v, layout)
     call = lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s)
     res = {"grid": grid, "tokens": layout.num_tokens, "sparsity": s,
            "inputs_mb": 3 * q.numel() * 2 / 2**20,
-           "gating_ms": _ms(lambda: _gate_ours(q, kp, layout, s)),
-           "gating_peak_mb": _peak_mb(lambda: _gate_ours(q, kp, layout, s)),
-           "total_peak_mb": _peak_mb(call), "total_ms": _ms(call),
+           "gating_ms": ms(lambda: _gate_ours(q, kp, layout, s)),
+           "gating_peak_mb": peak_mb(lambda: _gate_ours(q, kp, layout, s)),
+           "total_peak_mb": peak_mb(call), "total_ms": ms(call),
            "full_score_matrix_mb": HEADS * layout.num_chunks ** 2 * 2 / 2**20}
     res["process_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return res
@@ -260,9 +234,7 @@ def _print_table(rows, dense, card):
 
 def _bench_grid(name, args, flex, result):
     grid = GRIDS[name]
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, math.prod(grid), HEAD_DIM, device="cuda",
-                           dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    q, k, v = random_qkv(grid, torch.Generator(device="cuda").manual_seed(0))
     if args.sweep_only or (args.sweep and name == "720p"):
         result["sweep"][f"{name}_s0.9375"] = _sweep(q, k, v, grid, 0.9375)
         print(f"{name} sweep: {result['sweep'][f'{name}_s0.9375']}", flush=True)

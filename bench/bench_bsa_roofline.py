@@ -25,21 +25,14 @@ Usage (CUDA): python bench/bench_bsa_roofline.py --out roofline.json [--grids 48
 
 import argparse
 import json
-import math
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack
-
-import_pack()
+from _common import CHUNK, GRIDS, HEAD_DIM, ms, random_qkv
 from longcat_pack.kernels.bsa_fwd_triton import (
     _LOG2E,
     _bsa_fwd_kernel,
@@ -53,9 +46,7 @@ from longcat_pack.kernels.chunking import make_layout, to_chunk_order
 from longcat_pack.kernels.gating import select_slabbed
 from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_triton
 
-GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80),
-         "long": (96, 44, 80)}
-HEADS, HEAD_DIM, CHUNK, SPARSITY = 32, 128, (4, 4, 4), 0.9375
+SPARSITY = 0.9375
 MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4}
 
 
@@ -141,14 +132,8 @@ def _diag(mode, q, kc, vc, indices, layout, stages=5):
     return out
 
 
-def _ms(fn):
-    return do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
 def _inputs(grid):
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, math.prod(grid), HEAD_DIM, device="cuda",
-                           dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    q, k, v = random_qkv(grid, torch.Generator(device="cuda").manual_seed(0))
     layout = make_layout(grid, CHUNK)
     kc, vc = to_chunk_order(k, layout), to_chunk_order(v, layout)
     qp = pool_chunks_triton(q, layout, raster=True)
@@ -227,7 +212,7 @@ def _gpu_state():
 def _copy_tb_s():
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    return 2 * x.numel() / (_ms(lambda: y.copy_(x)) * 1e-3) / 1e12
+    return 2 * x.numel() / (ms(lambda: y.copy_(x)) * 1e-3) / 1e12
 
 
 def main():
@@ -269,12 +254,12 @@ def main():
         times = {key: [] for key in runs}
         for _ in range(args.reps):  # interleaved, so drift hits every variant alike
             for key, (fn, _rows) in runs.items():
-                times[key].append(_ms(fn))
+                times[key].append(ms(fn))
         for key, (_fn, rows) in runs.items():
-            ms = min(times[key])
+            best = min(times[key])
             loads = pairs / (rows // 64)  # a 128-row tile shares each load between two chunks
-            row[key] = {"ms": times[key], "kv_tb_s": loads * 32768 / (ms * 1e-3) / 1e12,
-                        "eff_tflops": 4 * HEAD_DIM * 64 * 64 * pairs / (ms * 1e-3) / 1e12}
+            row[key] = {"ms": times[key], "kv_tb_s": loads * 32768 / (best * 1e-3) / 1e12,
+                        "eff_tflops": 4 * HEAD_DIM * 64 * 64 * pairs / (best * 1e-3) / 1e12}
         result["grids"][name] = row
         print(f"{name}: " + json.dumps(row), flush=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

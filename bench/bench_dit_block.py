@@ -17,22 +17,16 @@ Usage (on a CUDA machine): python bench/bench_dit_block.py --out results.json [-
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from triton.testing import do_bench
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack
-
-import_pack()
+from _common import HEAD_DIM, HEADS, ms, peak_mb
 from longcat_pack.kernels import block_sparse_attention
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-DIM, HEADS, HEAD_DIM, FFN, TEXT = 4096, 32, 128, 11008, 512
+DIM, FFN, TEXT = HEADS * HEAD_DIM, 11008, 512
 
 
 def _weights(gen):
@@ -67,15 +61,6 @@ def block(x, text, w, grid, mode, s):
     return x + (F.silu(x @ w["w1"].t()) * (x @ w["w3"].t())) @ w["w2"].t()
 
 
-def _peak_gb(fn):
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**30, torch.cuda.max_memory_allocated() / 2**30
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_dit_block.json")
@@ -95,11 +80,10 @@ def main():
     for mode in ("dense", "bsa"):
         run = lambda mode=mode: block(x, text, w, grid, mode, args.sparsity)
         core = lambda mode=mode: _self_core(q, k, v, grid, mode, args.sparsity)
-        extra, absolute = _peak_gb(run)
-        result["modes"][mode] = {
-            "block_ms": do_bench(run, warmup=25, rep=200, return_mode="median"),
-            "self_attn_core_ms": do_bench(core, warmup=25, rep=200, return_mode="median"),
-            "block_peak_extra_gb": extra, "block_peak_abs_gb": absolute}
+        extra = peak_mb(run) / 1024
+        absolute = torch.cuda.max_memory_allocated() / 2**30
+        result["modes"][mode] = {"block_ms": ms(run), "self_attn_core_ms": ms(core),
+                                 "block_peak_extra_gb": extra, "block_peak_abs_gb": absolute}
         print(mode, result["modes"][mode], flush=True)
     d, b = result["modes"]["dense"], result["modes"]["bsa"]
     result["speedup"] = d["block_ms"] / b["block_ms"]

@@ -23,26 +23,21 @@ Usage (on a CUDA machine):
 import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench, do_bench_cudagraph
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack
-
-import_pack()
+from _common import HEADS, ms
 from longcat_pack.kernels.gating import _slab_rows, topk_count
 from longcat_pack.kernels.gating_triton import (
     _KEYS_PER_WARP,
     _LOW_BIT,
     topk_select_triton,
 )
+from triton.testing import do_bench_cudagraph
 
-HEADS, SPARSITY = 32, 0.9375
+SPARSITY = 0.9375
 # name: (score rows or None for one select_slabbed slab, key chunks Nk, distinct values or None)
 CASES = {"480p": (624, 624, None), "720p": (1320, 1320, None), "refine": (2640, 2640, None),
          "long_T96": (None, 5280, None), "720p_ties": (1320, 1320, 8)}
@@ -120,10 +115,6 @@ def _check(scores, k, warps):
             "rows_with_ties_at_kth": int((ties > 1).sum())}
 
 
-def _ms(fn):
-    return do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
 def _graph_ms(fn):
     return do_bench_cudagraph(fn, rep=200, return_mode="median")
 
@@ -134,10 +125,10 @@ def _bench_case(name, rows, nk, levels, warps, gen):
     k = topk_count(SPARSITY, nk)
     row = {"case": name, "shape": list(scores.shape), "k": k, **_check(scores, k, warps)}
     indices = _run(topk_select_triton, scores, k)
-    row["previous_ms"] = _ms(lambda: _previous_topk_select(scores, k, indices, 0))
-    row["new_ms"] = _ms(lambda: topk_select_triton(scores, k, indices, 0))
+    row["previous_ms"] = ms(lambda: _previous_topk_select(scores, k, indices, 0))
+    row["new_ms"] = ms(lambda: topk_select_triton(scores, k, indices, 0))
     row["new_ms_by_warps"] = {
-        w: _ms(lambda w=w: topk_select_triton(scores, k, indices, 0, num_warps=w)) for w in warps}
+        w: ms(lambda w=w: topk_select_triton(scores, k, indices, 0, num_warps=w)) for w in warps}
     row["speedup"] = row["previous_ms"] / row["new_ms"]
     row["previous_graph_ms"] = _graph_ms(lambda: _previous_topk_select(scores, k, indices, 0))
     row["new_graph_ms"] = _graph_ms(lambda: topk_select_triton(scores, k, indices, 0))

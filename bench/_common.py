@@ -1,0 +1,44 @@
+"""What the CUDA bench scripts share: LongCat's attention shapes, timing, peak VRAM, inputs.
+
+Importing it registers the pack as ``longcat_pack`` (``_standalone.py``), so a script run as
+``python bench/<script>.py`` imports ``longcat_pack.kernels`` after ``from _common import ...``.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _standalone import import_pack
+
+import_pack()
+
+# Token grids (T, H, W) of LongCat's attention: 480p and 720p stage 1, the 720p refine (2× frames)
+# and a long T96 grid.
+GRIDS = {"480p": (24, 32, 52), "720p": (24, 44, 80), "refine": (48, 44, 80),
+         "long": (96, 44, 80)}
+HEADS, HEAD_DIM, CHUNK = 32, 128, (4, 4, 4)
+
+
+def ms(fn):
+    """Median ms; do_bench flushes L2 between reps and sizes its repeats from a first estimate."""
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def peak_mb(fn):
+    """Peak VRAM of one call above what was allocated before it (MB)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def random_qkv(grid, gen=None):
+    """q, k, v ``[1, HEADS, T·H·W, HEAD_DIM]`` bf16 on CUDA, standard normal, raster order."""
+    return tuple(torch.randn(1, HEADS, math.prod(grid), HEAD_DIM, device="cuda",
+                             dtype=torch.bfloat16, generator=gen) for _ in range(3))
