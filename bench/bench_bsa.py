@@ -151,14 +151,6 @@ def _try_ms(fn):
         return f"failed: {type(err).__name__}: {str(err)[:200]}"
 
 
-def _hybrid_call(q, k, v, layout, s, **launch):
-    """Raster q/o, K/V copied to chunk order once (k pooled in the same pass)."""
-    kc, vc, kp = chunk_order_kv_pooled(k, v, layout)
-    indices, counts = _gate_ours(q, kp, layout, s)
-    return bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout, layout, kv_chunked=True,
-                                 **launch)
-
-
 def _gating_parts(q, k, layout, s):
     qp, kp = pool_chunks_triton(q, layout, raster=True), pool_chunks_triton(k, layout, raster=True)
     out = {"pool_q_and_k": ms(lambda: (pool_chunks_triton(q, layout, raster=True),
@@ -175,7 +167,9 @@ def _gating_parts(q, k, layout, s):
 
 
 def _sweep(q, k, v, grid, s):
-    """Kernel ms per launch variant at one shape, twice interleaved (noise), plus gating parts."""
+    """Kernel ms per launch variant and the public call's ms at one shape, twice interleaved
+    (noise), plus gating parts. ``call_raster`` is the public call (its raster path: q/o raster,
+    K/V copied to chunk order, descriptor loads, automatic key-range passes)."""
     layout = make_layout(grid, CHUNK)
     indices, counts = _gate_raster(q, k, layout, s)
     kc, vc = to_chunk_order(k, layout), to_chunk_order(v, layout)
@@ -183,17 +177,9 @@ def _sweep(q, k, v, grid, s):
     for rep in ("", "_again"):
         for key, (kv, kw) in VARIANTS.items():
             kk, vv = (kc, vc) if kv == "chunk" else (k, v)
-            try:
-                out[key + rep] = ms(lambda kw=kw, kk=kk, vv=vv, kv=kv: bsa_fwd_triton_raster(
-                    q, kk, vv, indices, counts, layout, layout, kv_chunked=kv == "chunk", **kw))
-            except Exception as err:  # noqa: BLE001 — an unlaunchable config is a result
-                out[key + rep] = f"failed: {type(err).__name__}: {str(err)[:200]}"
+            out[key + rep] = _try_ms(lambda kw=kw, kk=kk, vv=vv, kv=kv: bsa_fwd_triton_raster(
+                q, kk, vv, indices, counts, layout, layout, kv_chunked=kv == "chunk", **kw))
         out["call_raster" + rep] = ms(lambda: block_sparse_attention(q, k, v, grid, grid, sparsity=s))
-        for st in (4, 5):
-            out[f"call_kvchunk_w4s{st}" + rep] = _try_ms(lambda st=st: _hybrid_call(
-                q, k, v, layout, s, num_warps=4, num_stages=st, tma=False))
-            out[f"call_kvchunk_tma_w4s{st}" + rep] = _try_ms(lambda st=st: _hybrid_call(
-                q, k, v, layout, s, num_warps=4, num_stages=st, tma=True))
         out["reorder_k_and_v" + rep] = ms(lambda: (to_chunk_order(k, layout), to_chunk_order(v, layout)))
     out["gating_parts"] = _gating_parts(q, k, layout, s)
     return out
