@@ -28,8 +28,9 @@ def _casts_itself(layer: nn.Module) -> bool:
     )
 
 
-def _fp32(param: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if param is None else param.to(device=device, dtype=torch.float32)
+def _like(param: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """``param`` (or None) on ``x``'s device and in ``x``'s dtype."""
+    return None if param is None else param.to(device=x.device, dtype=x.dtype)
 
 
 def linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,7 @@ def linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.float()
     if _casts_itself(layer):
         return layer(x)
-    return F.linear(x, _fp32(layer.weight, x.device), _fp32(layer.bias, x.device))
+    return F.linear(x, _like(layer.weight, x), _like(layer.bias, x))
 
 
 def layer_norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +50,7 @@ def layer_norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.float()
     if _casts_itself(norm):
         return norm(x)
-    weight = _fp32(getattr(norm, "weight", None), x.device)
-    bias = _fp32(getattr(norm, "bias", None), x.device)
+    weight, bias = _like(getattr(norm, "weight", None), x), _like(getattr(norm, "bias", None), x)
     return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
@@ -74,7 +74,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return normed * self.weight.to(device=x.device, dtype=x.dtype)
+        return normed * _like(self.weight, x)
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -188,8 +188,7 @@ class _CastLinear(nn.Linear):
         return None
 
     def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-        return F.linear(x, self.weight.to(device=x.device, dtype=x.dtype), bias)
+        return F.linear(x, _like(self.weight, x), _like(self.bias, x))
 
 
 class _CastConv3d(nn.Conv3d):
@@ -197,8 +196,7 @@ class _CastConv3d(nn.Conv3d):
         return None
 
     def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-        return self._conv_forward(x, self.weight.to(device=x.device, dtype=x.dtype), bias)
+        return self._conv_forward(x, _like(self.weight, x), _like(self.bias, x))
 
 
 class _CastLayerNorm(nn.LayerNorm):
@@ -206,9 +204,7 @@ class _CastLayerNorm(nn.LayerNorm):
         return None
 
     def forward(self, x):
-        weight = None if self.weight is None else self.weight.to(device=x.device, dtype=x.dtype)
-        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+        return F.layer_norm(x, self.normalized_shape, _like(self.weight, x), _like(self.bias, x), self.eps)
 
 
 # ``operations`` for use outside ComfyUI: no random init, weights cast to the input dtype at use
