@@ -22,6 +22,11 @@ PACK_FOLDER = "ComfyUI-LongCat-Video"
 FILE_INPUTS = {"LongCatModelLoader": ("model_name",), "LongCatLoRA": ("lora_name",)}
 
 
+def comfy_python() -> str:
+    """The Python that runs ComfyUI and its helper scripts: ``COMFY_PYTHON`` or this one."""
+    return os.environ.get("COMFY_PYTHON") or sys.executable
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,7 +42,7 @@ class ComfyServer:
         self.log_path = self.base_dir / "comfyui.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.python = python or os.environ.get("COMFY_PYTHON") or sys.executable
+        self.python = python or comfy_python()
         self.env = {**os.environ, **(extra_env or {})}
         self.proc = None
 
@@ -53,9 +58,9 @@ class ComfyServer:
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch", "--preview-method", "auto"]
-        log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+        with open(self.log_path, "w") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -117,9 +122,9 @@ class ComfyServer:
         while time.monotonic() < deadline:
             history = self.get(f"/history/{prompt_id}")
             entry = history.get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None:
-                if entry["status"].get("status_str") in ("success", "error"):
-                    return entry
+            status = (entry or {}).get("status", {})
+            if status.get("completed") is not None and status.get("status_str") in ("success", "error"):
+                return entry
             time.sleep(0.5)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
 

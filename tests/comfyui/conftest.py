@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_server import ComfyServer  # noqa: E402
-import tiny_models  # noqa: E402
+import tiny_models
+from comfy_server import ComfyServer, comfy_python
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 SKIP_REASON = ("COMFYUI_DIR is not set: the real-ComfyUI tests did NOT run. Set COMFYUI_DIR to a "
@@ -35,12 +35,11 @@ def comfy_models(tmp_path_factory):
         pytest.skip(SKIP_REASON)
     base = tmp_path_factory.mktemp("comfy_base")
     models = base / "models"
-    subprocess.run([os.environ.get("COMFY_PYTHON") or sys.executable, tiny_models.__file__,
-                    str(models)], cwd=COMFYUI_DIR, check=True)
+    subprocess.run([comfy_python(), tiny_models.__file__, str(models)], cwd=COMFYUI_DIR, check=True)
     return {
         "comfyui_dir": COMFYUI_DIR, "base": base, "loras": str(models / "loras"),
         "dit": str(models / "diffusion_models" / tiny_models.DIT_FILE),
-        "official_lora": tiny_models.OFFICIAL_LORA_FILE, "comfy_lora": tiny_models.COMFY_LORA_FILE,
+        "official_lora": tiny_models.OFFICIAL_LORA_FILE,
         "official_lora_path": str(models / "loras" / tiny_models.OFFICIAL_LORA_FILE),
         "comfy_lora_path": str(models / "loras" / tiny_models.COMFY_LORA_FILE),
     }

@@ -14,13 +14,11 @@ them run end to end on tiny models.
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from comfy_server import PACK_FOLDER
+from comfy_server import PACK_FOLDER, comfy_python
 from tiny_models import TINY
 
 pytestmark = pytest.mark.comfyui
@@ -64,10 +62,6 @@ def _workflow_checks():
 wc = _workflow_checks()
 
 
-def _comfy_python() -> str:
-    return os.environ.get("COMFY_PYTHON") or sys.executable
-
-
 @pytest.fixture(scope="module")
 def convert():
     converter = pytest.importorskip(
@@ -90,7 +84,7 @@ def stand_ins(comfy_server):
     dit.touch()
     inputs = comfy_server.base_dir / "input"
     inputs.mkdir(exist_ok=True)
-    subprocess.run([_comfy_python(), "-c", MAKE_MEDIA, str(inputs)], check=True)
+    subprocess.run([comfy_python(), "-c", MAKE_MEDIA, str(inputs)], check=True)
     return comfy_server
 
 
@@ -155,7 +149,7 @@ def _videos(server, entry: dict) -> dict:
         for item in output.get("images", []):
             if item["filename"].endswith(".mp4"):
                 path = server.base_dir / "output" / item["subfolder"] / item["filename"]
-                probe = subprocess.run([_comfy_python(), "-c", PROBE_VIDEO, str(path)],
+                probe = subprocess.run([comfy_python(), "-c", PROBE_VIDEO, str(path)],
                                        check=True, capture_output=True, text=True)
                 found[node_id] = json.loads(probe.stdout)
     return found
