@@ -8,7 +8,12 @@ import torch
 from longcat_pack.longcat import weights
 from longcat_pack.longcat.guidance import euler_step
 from longcat_pack.longcat.lora import load_lora_file, merge_lora
-from longcat_pack.longcat.pipelines import TextCondition, denoise, make_dit_fn, make_noise
+from longcat_pack.longcat.pipelines import (
+    TextCondition,
+    denoise,
+    make_dit_fn,
+    make_noise,
+)
 
 pytestmark = pytest.mark.comfyui
 
@@ -35,6 +40,13 @@ def _context(tokens=6, seed=0):
     context = torch.zeros(1, 512, 4096)
     context[:, :tokens] = torch.randn(1, tokens, 4096, generator=torch.Generator().manual_seed(seed))
     return context
+
+
+def _ksampler_euler(samplers, model, noise):
+    """Stock sampling as KSampler runs it: Euler over sigmas 1 → 0.5 → 0, cfg 1, empty latent."""
+    cond = [[_context(), {}]]
+    return samplers.sample(model, noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),
+                           torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
 
 
 def test_ksampler_step_is_the_official_euler_step(comfy_env, comfy_models):
@@ -92,7 +104,7 @@ def test_sampler_node_equals_the_model_package_pipeline(comfy_env, comfy_models)
                                     seed=9, guidance=3.0, use_kv_cache=True, offload_kv_cache=False)
     start = make_noise(raw.shape, torch.Generator("cpu").manual_seed(9))
     start[:, :, :1] = latent_format.process_in(raw[:, :, :1])
-    cond = lambda c: TextCondition(c, (c != 0).any(-1).float())  # noqa: E731
+    cond = lambda c: TextCondition(c, (c != 0).any(-1).float())
     with torch.no_grad():
         want = denoise(make_dit_fn(dit), start, sigmas, cond(positive), cond(negative), 3.0,
                        num_cond_latents=1, use_kv_cache=True)
@@ -108,11 +120,9 @@ def test_torch_compile_model_wrapper_runs_our_model(comfy_env, comfy_models):
     compiled = patcher.clone()
     set_torch_compile_wrapper(model=compiled, backend="inductor")
     noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(2))
-    cond = [[_context(), {}]]
     samplers = comfy_env["samplers"]
-    run = lambda m: samplers.sample(m, noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),  # noqa: E731
-                                    torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
-    torch.testing.assert_close(run(compiled), run(patcher), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_ksampler_euler(samplers, compiled, noise),
+                               _ksampler_euler(samplers, patcher, noise), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp8_e5m2"])
@@ -127,11 +137,8 @@ def test_fp8_weight_dtype_stores_fp8_and_samples_close_to_full_precision(comfy_e
     qkv = fp8.model.diffusion_model.blocks[0].attn.qkv
     assert qkv.weight.dtype == dtype and getattr(qkv, "comfy_cast_weights", False)
     noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(3))
-    cond = [[_context(), {}]]
     samplers = comfy_env["samplers"]
-    run = lambda m: samplers.sample(m, noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),  # noqa: E731
-                                    torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
-    got, want = run(fp8), run(full)
+    got, want = _ksampler_euler(samplers, fp8, noise), _ksampler_euler(samplers, full, noise)
     assert torch.isfinite(got).all()
     rel = ((got - want).norm() / want.norm()).item()
     assert 0 < rel < 0.05, rel  # fp8 changes the result (1–2 % here), but only by its rounding
@@ -175,7 +182,7 @@ def test_refine_node_takes_rgba_cond_frames_like_rgba_frames(comfy_env, comfy_mo
     gen = torch.Generator().manual_seed(4)
     frames = torch.rand(5, 32, 32, 3, generator=gen)
     image = torch.rand(1, 64, 64, 4, generator=gen)
-    run = lambda cond: refinement.refine_frames(  # noqa: E731
+    run = lambda cond: refinement.refine_frames(
         patcher, _StandinVae(), [[_context(), {}]], frames, 64, 64, 0.5, True, 3, cond, 1)
     rgba, _, _ = run(image)
     rgb, _, _ = run(image[..., :3])
@@ -190,11 +197,9 @@ def test_rope_tables_are_freed_after_sampling(comfy_env, comfy_models):
     patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
     rope = patcher.model.diffusion_model.rope
     noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(5))
-    cond = [[_context(), {}]]
-    samplers = comfy_env["samplers"]
-    samplers.sample(patcher.clone(), noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),
-                    torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
+    _ksampler_euler(comfy_env["samplers"], patcher.clone(), noise)
     assert len(rope._tables) == 0
+    cond = [[_context(), {}]]
     comfy_env["sampling"].sample_latent(patcher.clone(), cond, None, {"samples": torch.zeros_like(noise)},
                                         torch.tensor([1.0, 0.5, 0.0]), seed=1, guidance=1.0,
                                         use_kv_cache=False, offload_kv_cache=False)
