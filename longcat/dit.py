@@ -30,6 +30,7 @@ from .attention import (
     TextInputs,
     sdpa_attention,
 )
+from .guidance import round_timestep_bf16
 from .layers import (
     NORM_EPS,
     CaptionEmbedder,
@@ -232,7 +233,7 @@ class LongCatVideoDiT(nn.Module):
                              f"got {tuple(torch.as_tensor(timestep).shape)}")
         ts = ts.expand(b, t).clone()
         ts[:, :cond] = 0.0  # clean conditioning frames are always at t = 0
-        return ts.to(torch.bfloat16).float()
+        return round_timestep_bf16(ts)
 
     def _embed_text(self, context, mask, b, dtype) -> TextInputs:
         """Caption MLP on all L positions; ``text_tokens_zero_pad`` zeroes pads after it (1.5)."""
