@@ -134,8 +134,7 @@ def load_longcat_model(path, weight_dtype=None):
     The DiT is built on the meta device and the loaded tensors are assigned into it, so RAM
     never holds two copies of a 13.6B model.
     """
-    infos = weights.collect_tensors(path)
-    dit_config = weights.infer_config(infos)
+    infos, dit_config = weights.inspect_checkpoint(path)  # headers only, validated
     dit_config["text_tokens_zero_pad"] = weights.read_text_tokens_zero_pad(path)
     config = LongCatVideoConfig({"image_model": "longcat_video", "meta_init": True, **dit_config})
     load_device = comfy.model_management.get_torch_device()
@@ -145,7 +144,7 @@ def load_longcat_model(path, weight_dtype=None):
         weight_dtype = _default_weight_dtype(infos, load_device, supported)
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
     config.set_inference_dtype(weight_dtype, manual_cast)
-    state = weights.load_state_dict(path, dtype=weight_dtype)
+    state = weights.read_tensors(infos, dtype=weight_dtype)
     model = config.get_model(state, "")
     model.diffusion_model.load_state_dict(state, strict=True, assign=True)
     model = model.to(offload_device)
