@@ -193,7 +193,8 @@ def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1).to(frames.dtype)
 
 
-def _encode_cond(encode, frames: torch.Tensor, expect_latents: int, height: int, width: int) -> torch.Tensor:
+def encode_checked(encode, frames: torch.Tensor, expect_latents: int, height: int, width: int) -> torch.Tensor:
+    """``encode(frames)`` as fp32, checked to be ``[1, 16, expect_latents, height/8, width/8]``."""
     latent = encode(frames)
     want = latent_shape(expect_latents, height, width)
     if tuple(latent.shape) != want:
@@ -215,7 +216,7 @@ def image_to_video(dit_fn, encode, image: torch.Tensor, positive: TextCondition,
         raise ValueError(f"image must be [H, W, 3] or [1, H, W, 3], got {tuple(image.shape)}")
     shape = latent_shape(latent_frames(round_frames(num_frames)), height, width)
     latents = make_noise(shape, generator, device)  # official RNG order: noise, then the posterior
-    latents[:, :, :1] = _encode_cond(encode, fit_frames(image, height, width), 1, height, width).to(latents.device)
+    latents[:, :, :1] = encode_checked(encode, fit_frames(image, height, width), 1, height, width).to(latents.device)
     sigmas = normal_sigmas(50) if sigmas is None else sigmas
     return denoise(dit_fn, latents, sigmas, positive, negative, guidance_scale, num_cond_latents=1,
                    callback=callback)
@@ -246,7 +247,7 @@ def continue_video(dit_fn, encode, video: torch.Tensor, positive: TextCondition,
     num_cond = latent_frames(num_cond_frames)
     latents = make_noise(shape, generator, device)
     cond_frames = fit_frames(video[-num_cond_frames:], height, width)
-    latents[:, :, :num_cond] = _encode_cond(encode, cond_frames, num_cond, height, width).to(latents.device)
+    latents[:, :, :num_cond] = encode_checked(encode, cond_frames, num_cond, height, width).to(latents.device)
     sigmas = enhance_hf_sigmas(50) if sigmas is None else sigmas
     return denoise(dit_fn, latents, sigmas, positive, negative, guidance_scale, num_cond_latents=num_cond,
                    use_kv_cache=use_kv_cache, offload_kv_cache=offload_kv_cache, callback=callback)

@@ -22,11 +22,10 @@ from .frames import (
     REFINE_SIZE,
     RefinePlan,
     check_size,
-    latent_shape,
     pixel_frames,
     refine_plan,
 )
-from .pipelines import TextCondition, denoise, fit_frames, make_noise
+from .pipelines import TextCondition, denoise, encode_checked, fit_frames, make_noise
 from .schedules import refine_sigmas
 
 
@@ -89,17 +88,11 @@ def prepare_refine_latents(encode, stage1_frames: torch.Tensor, plan: RefinePlan
     ``[1, 16, plan.latent_frames, H/8, W/8]`` on the encoder's device."""
     clip = upsample_frames(stage1_frames, height, width, plan.new_frames)
     clip = pad_frames(clip, plan.add_front, plan.add_back)
-    z_up = encode(clip).float()
-    want = latent_shape(plan.latent_frames, height, width)
-    if tuple(z_up.shape) != want:
-        raise ValueError(f"encode returned {tuple(z_up.shape)} for {clip.shape[0]} frames, expected {want}")
+    z_up = encode_checked(encode, clip, plan.latent_frames, height, width)
     noise = make_noise(z_up.shape, generator, z_up.device)
     latents = (1 - t_thresh) * z_up + t_thresh * noise  # flow interpolation at σ = t_thresh
     if plan.cond_latents:
-        cond = encode(_cond_clip(cond_frames, plan, height, width)).float()
-        if tuple(cond.shape) != latent_shape(plan.cond_latents, height, width):
-            raise ValueError(f"encode returned {tuple(cond.shape)} for the conditioning, "
-                             f"expected {plan.cond_latents} latent frames")
+        cond = encode_checked(encode, _cond_clip(cond_frames, plan, height, width), plan.cond_latents, height, width)
         latents[:, :, :plan.cond_latents] = cond.to(latents.device)
     return latents
 
