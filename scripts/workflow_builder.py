@@ -178,6 +178,3 @@ class Column:
     def push(self, node: Node) -> Node:
         self.y = node.data["pos"][1] + node.height
         return node
-
-    def skip(self, dy: float) -> None:
-        self.y += dy
