@@ -93,11 +93,6 @@ def ordered_inputs(info: dict) -> list[tuple[str, list, bool]]:
     return out
 
 
-def widget_names(info: dict) -> list[str]:
-    """Names of the widget inputs of one node type, in widgets_values order."""
-    return [name for name, spec, _ in ordered_inputs(info) if is_widget(spec)]
-
-
 def widget_values_by_name(node: dict, info: dict) -> dict:
     """Map widget name -> value for one node (control_after_generate/upload entries dropped)."""
     values = list(node.get("widgets_values") or [])
