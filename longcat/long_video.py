@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .frames import REFINE_SIZE
+from .frames import REFINE_SIZE, STAGE1_SIZE
 from .pipelines import TextCondition, continue_video, text_to_video
 from .refine import refine
 
@@ -42,9 +42,10 @@ def segment_prompts(prompts: Sequence[TextCondition], num_segments: int | None) 
 
 def generate_long_video(dit_fn, encode, decode, prompts: Sequence[TextCondition],
                         negative: TextCondition | None = None, *, num_segments: int | None = None,
-                        height: int = 480, width: int = 832, num_frames: int = 93, num_cond_frames: int = 13,
-                        t2v_sigmas=None, vc_sigmas=None, guidance_scale: float = 4.0, use_kv_cache: bool = True,
-                        offload_kv_cache: bool = False, generator=None, device=None, callback=None) -> torch.Tensor:
+                        height: int = STAGE1_SIZE[0], width: int = STAGE1_SIZE[1], num_frames: int = 93,
+                        num_cond_frames: int = 13, t2v_sigmas=None, vc_sigmas=None, guidance_scale: float = 4.0,
+                        use_kv_cache: bool = True, offload_kv_cache: bool = False, generator=None, device=None,
+                        callback=None) -> torch.Tensor:
     """Stage 1 of a long video → frames ``[num_frames + S·(num_frames − num_cond_frames), H, W, 3]``.
 
     prompts: ``S + 1`` conditions (clip i uses prompt i, the interactive demo) or one for all.

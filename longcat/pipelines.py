@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .frames import check_size, latent_frames, latent_shape, round_frames
+from .frames import STAGE1_SIZE, check_size, latent_frames, latent_shape, round_frames
 from .guidance import cfg_zero_star, euler_step, predicted_x0, round_timestep_bf16
 from .schedules import NUM_TRAIN_TIMESTEPS, enhance_hf_sigmas, normal_sigmas
 
@@ -165,7 +165,7 @@ def make_noise(shape, generator: torch.Generator | None = None, device=None) -> 
 
 
 def text_to_video(dit_fn, positive: TextCondition, negative: TextCondition | None = None, *,
-                  height: int = 480, width: int = 832, num_frames: int = 93, sigmas=None,
+                  height: int = STAGE1_SIZE[0], width: int = STAGE1_SIZE[1], num_frames: int = 93, sigmas=None,
                   guidance_scale: float = 4.0, generator=None, device=None, callback=None) -> torch.Tensor:
     """Text-to-video (official ``generate_t2v``) → latent ``[1, 16, 1 + (F−1)//4, H/8, W/8]``.
 
@@ -203,9 +203,9 @@ def encode_checked(encode, frames: torch.Tensor, expect_latents: int, height: in
 
 
 def image_to_video(dit_fn, encode, image: torch.Tensor, positive: TextCondition,
-                   negative: TextCondition | None = None, *, height: int = 480, width: int = 832,
-                   num_frames: int = 93, sigmas=None, guidance_scale: float = 4.0, generator=None,
-                   device=None, callback=None) -> torch.Tensor:
+                   negative: TextCondition | None = None, *, height: int = STAGE1_SIZE[0],
+                   width: int = STAGE1_SIZE[1], num_frames: int = 93, sigmas=None, guidance_scale: float = 4.0,
+                   generator=None, device=None, callback=None) -> torch.Tensor:
     """Image-to-video (official ``generate_i2v``): the image is latent frame 0, held at t = 0.
 
     image: ``[H, W, 3]`` or ``[1, H, W, 3]`` in [0, 1]. Returns ``[1, 16, T, H/8, W/8]``.
