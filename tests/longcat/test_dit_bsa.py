@@ -5,7 +5,7 @@ import pytest
 import torch
 from longcat_pack.longcat import attention as attention_module
 from longcat_pack.longcat.bsa_settings import BSASettings
-from tiny_dit import TINY, tiny_dit
+from tiny_dit import TINY, BSALog, tiny_dit
 
 SMALL_CHUNK = dict(chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2), backend="torch")
 
@@ -63,16 +63,10 @@ def test_dense_blocks_and_sigma_window_honoured(spy):
 
 
 def test_conditioning_split_calls_with_own_grids_and_log_records(spy):
-    model, (x, ctx) = tiny_dit(), inputs()
-    records = []
-
-    class Log:
-        def record(self, block_index, report):
-            records.append((block_index, report))
-
-    run(model, x, ctx, {"longcat_bsa": BSASettings(**SMALL_CHUNK), "longcat_bsa_log": Log()}, num_cond_latents=1)
+    model, (x, ctx), log = tiny_dit(), inputs(), BSALog()
+    run(model, x, ctx, {"longcat_bsa": BSASettings(**SMALL_CHUNK), "longcat_bsa_log": log}, num_cond_latents=1)
     assert [(c["grid_q"], c["grid_k"]) for c in spy[:2]] == [((1, 4, 4), (1, 4, 4)), ((3, 4, 4), (4, 4, 4))]
-    assert [r[0] for r in records] == [0, 0, 1, 1]
+    assert [i for i, _ in log.reports] == [0, 0, 1, 1]
 
 
 def test_cached_path_uses_noise_grid(spy):
@@ -96,16 +90,11 @@ def test_real_kernel_sparsity_zero_equals_dense(num_cond):
 
 
 def test_real_kernel_sparse_differs_and_reports():
-    model, (x, ctx) = tiny_dit(), inputs()
-    records = []
-
-    class Log:
-        def record(self, block_index, report):
-            records.append(report)
-
+    model, (x, ctx), log = tiny_dit(), inputs(), BSALog()
     dense = run(model, x, ctx, {})
-    sparse = run(model, x, ctx, {"longcat_bsa": BSASettings(sparsity=0.75, **SMALL_CHUNK), "longcat_bsa_log": Log()})
+    sparse = run(model, x, ctx, {"longcat_bsa": BSASettings(sparsity=0.75, **SMALL_CHUNK), "longcat_bsa_log": log})
     assert not torch.allclose(sparse, dense, atol=1e-4)
+    records = [report for _, report in log.reports]
     assert len(records) == 2 and records[0].backend == "torch"
     assert records[0].density == pytest.approx(0.25)
 
@@ -113,14 +102,8 @@ def test_real_kernel_sparse_differs_and_reports():
 def test_compiled_dit_with_bsa_equals_eager():
     """What ComfyUI's TorchCompileModel does (inductor), with BSA on and a log: one full graph
     (the kernels' custom op is one node), same output and reports as eager. ~20 s on 2 CPU cores."""
-    model, (x, ctx) = tiny_dit(), inputs()
-    records = []
-
-    class Log:
-        def record(self, block_index, report):
-            records.append((block_index, report))
-
-    opts = {"longcat_bsa": BSASettings(sparsity=0.5, **SMALL_CHUNK), "longcat_bsa_log": Log()}
+    model, (x, ctx), log = tiny_dit(), inputs(), BSALog()
+    opts = {"longcat_bsa": BSASettings(sparsity=0.5, **SMALL_CHUNK), "longcat_bsa_log": log}
 
     def forward(x, t, c):
         return model(x, t, c, transformer_options=opts)
@@ -131,7 +114,7 @@ def test_compiled_dit_with_bsa_equals_eager():
         got = torch.compile(forward, fullgraph=True, backend="inductor")(x, torch.tensor([500.0]), ctx)
     # inductor fuses and reorders the fp32 elementwise work around the op.
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    eager, compiled = records[:2], records[2:]
+    eager, compiled = log.reports[:2], log.reports[2:]
     assert [i for i, _ in compiled] == [0, 1]
     for (_, a), (_, b) in zip(eager, compiled):
         assert b.backend == a.backend == "torch" and b.density == pytest.approx(a.density) == 0.5

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.guidance import cfg_zero_star, euler_step, round_timestep_bf16
 from longcat_pack.longcat.pipelines import (
     TextCondition,
@@ -14,6 +13,7 @@ from longcat_pack.longcat.pipelines import (
 )
 from longcat_pack.longcat.schedules import distill_sigmas, normal_sigmas
 from longcat_pack.longcat.standin_vae import standin_encode
+from tiny_dit import latent_dit
 
 L, CAP = 6, 32  # text tokens, caption channels (tiny)
 
@@ -156,13 +156,6 @@ def test_noise_from_generator_is_reproducible():
 # --- tiny real DiT -------------------------------------------------------------------------
 
 
-def _tiny_dit(seed=0):
-    torch.manual_seed(seed)
-    model = LongCatVideoDiT(hidden_size=64, depth=2, num_heads=2, caption_channels=CAP, adaln_tembed_dim=32,
-                            frequency_embedding_size=32)
-    return model.eval()
-
-
 def _rand_text(seed):
     gen = torch.Generator().manual_seed(seed)
     return TextCondition(torch.randn(1, L, CAP, generator=gen), torch.tensor([[1] * (L - 1) + [0]]))
@@ -170,7 +163,7 @@ def _rand_text(seed):
 
 @torch.no_grad()
 def test_real_dit_kv_cache_equals_split_path_after_one_step():
-    dit_fn = make_dit_fn(_tiny_dit())
+    dit_fn = make_dit_fn(latent_dit())
     x0 = torch.randn(1, 16, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     sigmas = torch.tensor([0.9, 0.6, 0.0])
     outs = [denoise(dit_fn, x0, sigmas, _rand_text(2), num_cond_latents=2, use_kv_cache=cache) for cache in (False, True)]
@@ -185,7 +178,7 @@ def test_real_dit_kv_cache_equals_split_path_after_one_step():
 
 @torch.no_grad()
 def test_real_dit_t2v_and_i2v_run():
-    dit_fn = make_dit_fn(_tiny_dit())
+    dit_fn = make_dit_fn(latent_dit())
     gen = torch.Generator().manual_seed(0)
     lat = text_to_video(dit_fn, _rand_text(0), _rand_text(1), height=32, width=32, num_frames=9,
                         sigmas=normal_sigmas(2), generator=gen)
@@ -215,7 +208,7 @@ def test_demo_script_writes_previews(tmp_path, capsys):
 @torch.no_grad()
 def test_kv_cache_with_cfg_and_a_latent_batch_equals_one_by_one():
     """LongCat Sampler on a repeated latent batch with guidance and the (default) KV cache."""
-    dit_fn = make_dit_fn(_tiny_dit())
+    dit_fn = make_dit_fn(latent_dit())
     x0 = torch.randn(2, 16, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     sigmas = torch.tensor([0.9, 0.6, 0.0])
     pos, neg = _rand_text(2), _rand_text(3)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 from longcat_pack.longcat.bsa_settings import BSASettings
-from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.pipelines import TextCondition, make_dit_fn
 from longcat_pack.longcat.refine import pad_frames, refine, upsample_frames
 from longcat_pack.longcat.schedules import refine_sigmas
 from longcat_pack.longcat.standin_vae import standin_decode, standin_encode
+from tiny_dit import BSALog, latent_dit
 
 SIZE = 64  # the smallest refine size (multiple of 64); stage-1 frames are 16×16
 TEXT = TextCondition(torch.zeros(1, 4, 32))
@@ -107,20 +107,9 @@ def test_refine_bad_arguments():
                num_cond_frames=3, height=SIZE, width=SIZE)
 
 
-class BSALog:
-    def __init__(self):
-        self.reports = []
-
-    def record(self, block_index, report):
-        self.reports.append((block_index, report))
-
-
 @torch.no_grad()
 def test_refine_with_bsa_on_tiny_dit():
-    torch.manual_seed(0)
-    model = LongCatVideoDiT(hidden_size=64, depth=2, num_heads=2, caption_channels=32, adaln_tembed_dim=32,
-                            frequency_embedding_size=32).eval()
-    log = BSALog()
+    model, log = latent_dit(), BSALog()
     opts = {"longcat_bsa": BSASettings(sparsity=0.5, backend="torch"), "longcat_bsa_log": log}
     stage1 = torch.rand(9, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     cond = torch.rand(4, 128, 128, 3, generator=torch.Generator().manual_seed(1))
