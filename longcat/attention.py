@@ -20,27 +20,22 @@ from .layers import RMSNorm
 from .rope import apply_rope
 
 
-def sdpa_attention(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
-    """Dense attention with ComfyUI's ``optimized_attention`` signature, on torch SDPA.
+def _merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """``[B, heads, S, D]`` → ``[B, S, heads·D]`` (head-major features, what ``proj`` expects)."""
+    b, heads, s, d = out.shape
+    return out.transpose(1, 2).reshape(b, s, heads * d)
 
-    q ``[B, Sq, heads·D]``, k/v ``[B, Sk, heads·D]``, or ``[B, heads, S, D]`` with ``skip_reshape``.
-    mask: None or additive/boolean, broadcastable to ``[B, heads, Sq, Sk]``. Returns
-    ``[B, Sq, heads·D]`` (``[B, heads, Sq, D]`` with ``skip_output_reshape``). Extra kwargs
-    (``transformer_options``, ...) are accepted and ignored.
+
+def sdpa_attention(q, k, v, heads, skip_reshape=True, **kwargs):
+    """Default dense attention on torch SDPA, in the one form the DiT calls ComfyUI's
+    ``optimized_attention``: ``(q, k, v, heads, skip_reshape=True, transformer_options=...)``.
+
+    q ``[B, heads, Sq, D]``, k/v ``[B, heads, Sk, D]`` → ``[B, Sq, heads·D]``. Extra kwargs
+    (``transformer_options``) are accepted and ignored.
     """
-    if skip_reshape:
-        b, _, _, dim_head = q.shape
-    else:
-        b, _, inner = q.shape
-        dim_head = inner // heads
-        q, k, v = (t.view(b, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
-    if mask is not None:
-        while mask.ndim < 4:
-            mask = mask.unsqueeze(0 if mask.ndim < 3 else 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if skip_output_reshape:
-        return out
-    return out.transpose(1, 2).reshape(b, -1, heads * dim_head)
+    if not skip_reshape:
+        raise ValueError("sdpa_attention takes [B, heads, S, D] inputs: skip_reshape must be True, got False")
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v))
 
 
 @dataclass
@@ -87,8 +82,7 @@ def _core(q, k, v, grid_q, grid_k, heads, attention, opts, settings):
     if log is not None:
         result, report = result
         log.record(opts.get("block_index", 0), report)
-    b, _, sq, d = result.shape
-    return result.transpose(1, 2).reshape(b, sq, heads * d)
+    return _merge_heads(result)
 
 
 class SelfAttention(nn.Module):
