@@ -1,7 +1,7 @@
 """BSA settings carried by a MODEL: what the DiT's self-attention reads to go block-sparse.
 
 A ``BSASettings`` sits in ``transformer_options[BSA_OPTIONS_KEY]``; the DiT uses block-sparse
-attention for self-attention when it is present, enabled, the latent grid has T > 1, the block
+attention for self-attention when it is present, the latent grid has T > 1, the block
 is not listed in ``dense_blocks`` and the current sigma lies in ``[sigma_min, sigma_max]``.
 Frozen so a cloned MODEL can share it safely. Imports nothing from ComfyUI.
 """
