@@ -56,6 +56,11 @@ class BSASettings:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         object.__setattr__(self, "dense_blocks", frozenset(int(b) for b in self.dense_blocks))
 
+    @property
+    def has_step_window(self) -> bool:
+        """Whether BSA is limited to a sigma range (else the current sigma is never needed)."""
+        return self.sigma_min > -math.inf or self.sigma_max < math.inf
+
     def applies(self, block_index: int, sigma: float | None) -> bool:
         """Whether block ``block_index`` at ``sigma`` (None: unknown, treated as inside) is sparse."""
         if block_index in self.dense_blocks:

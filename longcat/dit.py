@@ -30,6 +30,7 @@ from .attention import (
     TextInputs,
     sdpa_attention,
 )
+from .bsa_settings import BSA_OPTIONS_KEY
 from .guidance import round_timestep_bf16
 from .layers import (
     NORM_EPS,
@@ -263,8 +264,12 @@ class LongCatVideoDiT(nn.Module):
 
 
 def _first_sigma(opts: dict) -> float | None:
-    """The current sigma from ``transformer_options["sigmas"]`` (first element), or None."""
+    """The current sigma from ``transformer_options["sigmas"]`` (first element), or None.
+
+    Read only for a BSA step window: reading a device tensor is a host sync (and a graph break
+    under torch.compile) that dense runs and unwindowed BSA do not need."""
+    settings = opts.get(BSA_OPTIONS_KEY)
     sigmas = opts.get("sigmas")
-    if sigmas is None:
+    if sigmas is None or settings is None or not settings.has_step_window:
         return None
     return float(torch.as_tensor(sigmas).flatten()[0])
