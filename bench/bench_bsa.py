@@ -81,12 +81,12 @@ _flex_runner.compiled = None
 
 def _gate_ours(q, k_pooled, layout, s):
     """The public call's gating after the K/V copy: q pooled from raster order, scores, top-K."""
-    qp = pool_chunks_triton(q, layout, raster=True)
+    qp = pool_chunks_triton(q, layout)
     return select_slabbed(qp, k_pooled, s, None, topk_select_triton)
 
 
 def _gate_raster(q, k, layout, s):
-    qp, kp = pool_chunks_triton(q, layout, raster=True), pool_chunks_triton(k, layout, raster=True)
+    qp, kp = pool_chunks_triton(q, layout), pool_chunks_triton(k, layout)
     return select_slabbed(qp, kp, s, None, topk_select_triton)
 
 
@@ -152,9 +152,9 @@ def _try_ms(fn):
 
 
 def _gating_parts(q, k, layout, s):
-    qp, kp = pool_chunks_triton(q, layout, raster=True), pool_chunks_triton(k, layout, raster=True)
-    out = {"pool_q_and_k": ms(lambda: (pool_chunks_triton(q, layout, raster=True),
-                                       pool_chunks_triton(k, layout, raster=True)))}
+    qp, kp = pool_chunks_triton(q, layout), pool_chunks_triton(k, layout)
+    out = {"pool_q_and_k": ms(lambda: (pool_chunks_triton(q, layout),
+                                       pool_chunks_triton(k, layout)))}
     scores = qp @ kp.transpose(-1, -2)
     kk = max(1, int((1 - s) * scores.shape[-1]))
     idx = torch.empty(*scores.shape[:3], kk, dtype=torch.int32, device=q.device)

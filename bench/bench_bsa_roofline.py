@@ -45,6 +45,7 @@ from longcat_pack.kernels.bsa_fwd_triton import (
 from longcat_pack.kernels.chunking import make_layout, to_chunk_order
 from longcat_pack.kernels.gating import select_slabbed
 from longcat_pack.kernels.gating_triton import pool_chunks_triton, topk_select_triton
+from longcat_pack.kernels.reorder_triton import chunk_order_kv_pooled
 
 SPARSITY = 0.9375
 MODES = {"loads": 1, "compute": 2, "pair_n": 3, "raster_tma": 4}
@@ -135,9 +136,8 @@ def _diag(mode, q, kc, vc, indices, layout, stages=5):
 def _inputs(grid):
     q, k, v = random_qkv(grid, torch.Generator(device="cuda").manual_seed(0))
     layout = make_layout(grid, CHUNK)
-    kc, vc = to_chunk_order(k, layout), to_chunk_order(v, layout)
-    qp = pool_chunks_triton(q, layout, raster=True)
-    kp = pool_chunks_triton(kc, layout, raster=False)
+    kc, vc, kp = chunk_order_kv_pooled(k, v, layout)
+    qp = pool_chunks_triton(q, layout)
     indices, counts = select_slabbed(qp, kp, SPARSITY, None, topk_select_triton)
     return q, k, v, kc, vc, layout, indices, counts
 

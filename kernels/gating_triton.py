@@ -3,8 +3,7 @@
 Same selection as kernels/gating.py (official semantics, reference/longcat.md §5.4); faster and
 leaner on CUDA:
 
-* ``pool_chunks_triton`` reads each chunk's tokens at their raster rows (or chunk-order rows) and
-  writes its mean (fp32 sum, one rounding to the input dtype, like ``torch.mean`` on half types),
+* ``pool_chunks_triton`` reads each chunk's tokens at their raster rows and writes its mean (fp32 sum, one rounding to the input dtype, like ``torch.mean`` on half types),
   so gating needs no reordered copy of q and k.
 * ``topk_select_triton`` picks the K highest scores of each row by a bitwise radix select on the
   float's order-preserving integer key (one pass per significant bit, no sort; the last 15 bits
@@ -24,45 +23,39 @@ from .bsa_fwd_triton import _chunk_program
 
 
 @triton.jit
-def _pool_kernel(X, OUT, VALID, stride_xb, stride_xh, stride_xs, HEADS, NC, H, W, nh, nw,
+def _pool_kernel(X, OUT, stride_xb, stride_xh, stride_xs, HEADS, NC, H, W, nh, nw,
                  CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CHUNK_PAD: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, HAS_VALID: tl.constexpr):
+                 HEAD_DIM: tl.constexpr):
     c, bh, b, h, slot, rows = _chunk_program(HEADS, H, W, nh, nw, CT, CH, CW, CHUNK_PAD)
     CHUNK: tl.constexpr = CT * CH * CW
     offs_d = tl.arange(0, HEAD_DIM)
     ptrs = X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + offs_d[None, :]
     x = tl.load(ptrs, mask=(slot < CHUNK)[:, None], other=0.0).to(tl.float32)
-    n = CHUNK
-    if HAS_VALID:  # padded slots are zero in chunk order, so the sum is over real tokens
-        n = tl.load(VALID + c)
-    mean = tl.sum(x, 0) / n
+    mean = tl.sum(x, 0) / CHUNK
     tl.store(OUT + (bh.to(tl.int64) * NC + c) * HEAD_DIM + offs_d, mean.to(OUT.dtype.element_ty))
 
 
-def pool_chunks_triton(x, layout, raster, valid=None):
-    """Mean over each chunk's real tokens, ``[B, heads, Nc, D]`` in ``x.dtype``.
+def pool_chunks_triton(x, layout):
+    """Mean over each chunk, ``[B, heads, Nc, D]`` in ``x.dtype``, read from raster order.
 
     Args:
-        x: ``[B, heads, S, D]``, unit last stride: raster order (``raster=True``, layout not
-            padded) or chunk order ``[B, heads, Nc·C, D]`` with zero padded slots.
-        layout: the ``ChunkLayout`` of x's grid.
-        raster: whether x is in raster order.
-        valid: int32 ``[Nc]`` real tokens per chunk (chunk order only), or None if all full.
+        x: ``[B, heads, S, D]`` in raster order of ``layout``'s grid, unit last stride (e.g. a
+            transposed ``[B, S, heads, D]`` view).
+        layout: a ``ChunkLayout`` whose grid is a multiple of its chunk.
+
+    Raises:
+        ValueError: a padded layout (padded grids pool in torch, kernels/gating.py).
     """
+    if layout.padded:
+        raise ValueError(f"grid {layout.grid} is not a multiple of chunk {layout.chunk}")
     B, H, _, D = x.shape
-    if raster:
-        (_, gh, gw), (t, h, w) = layout.grid, layout.chunk
-        geo = (gh, gw, gh // h, gw // w, t, h, w)
-    else:
-        C = layout.chunk_size
-        geo = (1, C, 1, 1, 1, 1, C)
+    (_, gh, gw), (t, h, w) = layout.grid, layout.chunk
     nc = layout.num_chunks
     out = torch.empty(B, H, nc, D, dtype=x.dtype, device=x.device)
     _pool_kernel[(nc, B * H)](
-        x, out, valid if valid is not None else out, x.stride(0), x.stride(1), x.stride(2),
-        H, nc, *geo[:4], CT=geo[4], CH=geo[5], CW=geo[6],
-        CHUNK_PAD=triton.next_power_of_2(layout.chunk_size), HEAD_DIM=D,
-        HAS_VALID=valid is not None, num_warps=4)
+        x, out, x.stride(0), x.stride(1), x.stride(2), H, nc, gh, gw, gh // h, gw // w,
+        CT=t, CH=h, CW=w, CHUNK_PAD=triton.next_power_of_2(layout.chunk_size), HEAD_DIM=D,
+        num_warps=4)
     return out
 
 

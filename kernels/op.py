@@ -30,7 +30,7 @@ def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     from .reorder_triton import chunk_order_kv_pooled
 
     kc, vc, k_pooled = chunk_order_kv_pooled(k, v, layout_k)
-    q_pooled = pool_chunks_triton(q, layout_q, raster=True)
+    q_pooled = pool_chunks_triton(q, layout_q)
     indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold,
                                      _fused_topk(layout_k))
     del q_pooled, k_pooled
