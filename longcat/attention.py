@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY
+from ..kernels.block_ops import fused_block_reason, rms_rope_op
+from .bsa_settings import BSA_LOG_KEY
 from .layers import RMSNorm
 from .rope import apply_rope
 
@@ -35,7 +37,16 @@ def sdpa_attention(q, k, v, heads, skip_reshape=True, **kwargs):
     """
     if not skip_reshape:
         raise ValueError("sdpa_attention takes [B, heads, S, D] inputs: skip_reshape must be True, got False")
-    return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+    if not q.is_cuda:
+        return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+    # cuDNN first, as ComfyUI orders SDPA's backends (comfy/ops.py): on Hopper it is the fastest
+    # dense kernel, so our standalone runs time the attention a ComfyUI user gets.
+    with sdpa_kernel(_SDPA_PRIORITY, set_priority=True):
+        return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+
+
+_SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                  SDPBackend.MATH]
 
 
 @dataclass
@@ -63,25 +74,18 @@ def _block_sparse_attention(*args, **kwargs):
     return block_sparse_attention(*args, **kwargs)
 
 
-def _bsa_settings(opts: dict, grid_t: int, sigma: float | None):
-    """The BSA settings to use for the current block, or None for dense (T = 1 never uses BSA)."""
-    settings = opts.get(BSA_OPTIONS_KEY)
-    if settings is None or grid_t <= 1:
-        return None
-    return settings if settings.applies(opts.get("block_index", 0), sigma) else None
+def _core(q, k, v, grid_q, grid_k, heads, attention, opts, bsa, reports):
+    """Attention core on ``[B, heads, S, D]`` → ``[B, Sq, heads·D]``; BSA when ``bsa`` is not None.
 
-
-def _core(q, k, v, grid_q, grid_k, heads, attention, opts, settings):
-    """Attention core on ``[B, heads, S, D]`` → ``[B, Sq, heads·D]``; BSA when settings is not None."""
-    if settings is None:
+    With a BSA log in ``opts`` each sparse call's report is appended to ``reports`` (the DiT
+    records them outside the block, so a compiled block has no Python side effects)."""
+    if bsa is None:
         return attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
-    log = opts.get(BSA_LOG_KEY)
-    result = _block_sparse_attention(
-        q, k, v, grid_q, grid_k, **settings.kernel_kwargs(), return_report=log is not None
-    )
-    if log is not None:
+    want_report = opts.get(BSA_LOG_KEY) is not None
+    result = _block_sparse_attention(q, k, v, grid_q, grid_k, **bsa.kernel_kwargs(), return_report=want_report)
+    if want_report:
         result, report = result
-        log.record(opts.get("block_index", 0), report)
+        reports.append(report)
     return _merge_heads(result)
 
 
@@ -98,15 +102,15 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
         self.proj = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
 
-    def forward(self, x, plan: SelfAttnPlan, opts: dict, cache=None):
-        """x ``[B, N, C]`` → (``[B, N, C]``, (k, v) pre-RoPE ``[B, heads, n, D]`` if plan.return_kv else None).
+    def forward(self, x, plan: SelfAttnPlan, opts: dict, cache=None, bsa=None):
+        """x ``[B, N, C]`` → (``[B, N, C]``, (k, v) pre-RoPE ``[B, heads, n, D]`` if plan.return_kv
+        else None, BSA reports of the sparse calls).
 
         cache: None or this block's cached conditioning (k, v) ``[1 or B, heads, Tc·H·W, D]``
-        (pre-RoPE, any device), placed in front of this call's keys.
+        (pre-RoPE, any device), placed in front of this call's keys. bsa: BSA settings, or None
+        for the dense ``attention``.
         """
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v, roped_k = self._qkv(x, plan, rope_k=cache is None and not plan.return_kv)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         kv_out = None
         if plan.return_kv:
@@ -114,29 +118,54 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k = torch.cat([_match(cache[0], k), k], dim=2)
             v = torch.cat([_match(cache[1], v), v], dim=2)
-        cos, sin = plan.rope
-        q = apply_rope(q, cos[-n:], sin[-n:])  # queries sit after any cached frames
-        k = apply_rope(k, cos, sin)
-        out = self._attend(q, k, v, plan, opts, n_cond)
-        return self.proj(out), kv_out
+        if not roped_k:
+            k = apply_rope(k, *plan.rope)
+        reports = []
+        out = self._attend(q, k, v, plan, opts, n_cond, bsa, reports)
+        return self.proj(out), kv_out, reports
 
-    def _attend(self, q, k, v, plan: SelfAttnPlan, opts: dict, n_cond: int):
+    def _qkv(self, x, plan: SelfAttnPlan, rope_k: bool):
+        """q (normed, roped), k (normed; roped when ``rope_k`` and the fused path ran), v, each a
+        ``[B, heads, n, D]`` view, and whether k is roped.
+
+        The fused path normalises and ropes q and k in place in the qkv output, so q, k, v stay
+        views of one ``[B, n, 3·C]`` tensor, which the attention kernels read as they are."""
+        b, n, _ = x.shape
+        qkv = self.qkv(x)
+        cos, sin = plan.rope
+        heads = self.num_heads
+        if fused_block_reason(qkv, self.head_dim) is None and qkv.is_contiguous():
+            offset = cos.shape[0] - n  # queries sit after any cached frames
+            rms_rope_op(qkv, 3, 0, heads, _like_weight(self.q_norm, qkv), cos, sin, offset, self.q_norm.eps)
+            rms_rope_op(qkv, 3, 1, heads, _like_weight(self.k_norm, qkv), cos if rope_k else None,
+                        sin if rope_k else None, 0, self.k_norm.eps)
+            q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            return q, k, v, rope_k
+        q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q = apply_rope(self.q_norm(q), cos[-n:], sin[-n:])
+        return q, self.k_norm(k), v, False
+
+    def _attend(self, q, k, v, plan: SelfAttnPlan, opts: dict, n_cond: int, bsa, reports):
         """Plain, cached (queries over [cache; x]) or conditioning-split attention → ``[B, N, C]``."""
         t, h, w = plan.grid
-        settings = _bsa_settings(opts, t, plan.sigma)
         if not n_cond:
             grid_k = (plan.cached_frames + t, h, w)
-            return _core(q, k, v, plan.grid, grid_k, self.num_heads, self.attention, opts, settings)
+            return _core(q, k, v, plan.grid, grid_k, self.num_heads, self.attention, opts, bsa, reports)
         # Conditioning split: cond queries see only cond keys; noise queries see everything.
         tc = plan.cond_frames
         cond = _core(
             q[:, :, :n_cond], k[:, :, :n_cond], v[:, :, :n_cond], (tc, h, w), (tc, h, w),
-            self.num_heads, self.attention, opts, settings,
+            self.num_heads, self.attention, opts, bsa, reports,
         )
         noise = _core(
-            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), self.num_heads, self.attention, opts, settings
+            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), self.num_heads, self.attention, opts, bsa, reports
         )
         return torch.cat([cond, noise], dim=1)
+
+
+def _like_weight(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm's weight on x's device and in x's dtype (as the torch path multiplies by it)."""
+    return norm.weight.to(device=x.device, dtype=x.dtype)
 
 
 def _match(cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -182,7 +211,12 @@ class CrossAttention(nn.Module):
         """x ``[B, N, C]`` → ``[B, N, C]``; each item's queries attend to its own text tokens."""
         b, n, _ = x.shape
         heads, d = self.num_heads, self.head_dim
-        q = self.q_norm(self.q_linear(x).view(b, n, heads, d)).transpose(1, 2)
+        q = self.q_linear(x)
+        if fused_block_reason(q, d) is None and q.is_contiguous():
+            rms_rope_op(q, 1, 0, heads, _like_weight(self.q_norm, q), None, None, 0, self.q_norm.eps)
+            q = q.view(b, n, heads, d).transpose(1, 2)
+        else:
+            q = self.q_norm(q.view(b, n, heads, d)).transpose(1, 2)
         k, v = self.kv_linear(text.y).view(b, -1, 2, heads, d).unbind(2)
         k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
         if text.keep is None:

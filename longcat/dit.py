@@ -30,7 +30,7 @@ from .attention import (
     TextInputs,
     sdpa_attention,
 )
-from .bsa_settings import BSA_OPTIONS_KEY
+from .bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY
 from .guidance import round_timestep_bf16
 from .layers import (
     NORM_EPS,
@@ -39,9 +39,10 @@ from .layers import (
     PatchEmbed3D,
     SwiGLU,
     TimestepEmbedder,
-    layer_norm_fp32,
+    gated_residual,
     linear_fp32,
-    modulate,
+    norm_affine,
+    norm_modulate,
 )
 from .rope import RopeCache
 
@@ -63,25 +64,27 @@ class LongCatBlock(nn.Module):
         self.mod_norm_ffn = operations.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS, **kw)
         self.ffn = SwiGLU(dim, mlp_ratio, operations=operations, **kw)
 
-    def forward(self, x, t_emb, text, plan: SelfAttnPlan, opts: dict, cache=None):
+    def forward(self, x, t_emb, text, plan: SelfAttnPlan, opts: dict, cache=None, bsa=None):
         """x ``[B, N, C]`` (compute dtype), t_emb fp32 ``[B, T, t_dim]``, text TextInputs or None
-        (skip cross-attention) → (x, pre-RoPE (k, v) or None)."""
-        b, n, c = x.shape
-        frames = t_emb.shape[1]
+        (skip cross-attention), bsa: this block's BSA settings or None (dense self-attention)
+        → (x, pre-RoPE (k, v) or None, BSA reports of this block's sparse calls).
+
+        Reads nothing per block from ``opts`` (the DiT decides ``bsa`` per block), so one
+        compiled block serves all 48 with no recompile.
+        """
         # adaLN in fp32, one modulation per latent frame, order (shift, scale, gate) × (msa, mlp).
         mod = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
 
-        h = modulate(layer_norm_fp32(self.mod_norm_attn, x.reshape(b, frames, -1, c)), shift_msa, scale_msa)
-        attn, kv = self.attn(h.to(x.dtype).reshape(b, n, c), plan, opts, cache)
-        x = _gated_residual(x, attn, gate_msa)
+        attn, kv, reports = self.attn(norm_modulate(self.mod_norm_attn, x, shift_msa, scale_msa),
+                                      plan, opts, cache, bsa)
+        x = gated_residual(x, attn, gate_msa)
 
         if text is not None:
-            x = x + self._cross(layer_norm_fp32(self.pre_crs_attn_norm, x).to(x.dtype), text, plan, opts)
+            x = x + self._cross(norm_affine(self.pre_crs_attn_norm, x), text, plan, opts)
 
-        h = modulate(layer_norm_fp32(self.mod_norm_ffn, x.reshape(b, frames, -1, c)), shift_mlp, scale_mlp)
-        x = _gated_residual(x, self.ffn(h.to(x.dtype).reshape(b, n, c)), gate_mlp)
-        return x, kv
+        ffn = self.ffn(norm_modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp))
+        return gated_residual(x, ffn, gate_mlp), kv, reports
 
     def _cross(self, h, text, plan: SelfAttnPlan, opts):
         """Cross-attention output; conditioning tokens (split path) get exactly zero."""
@@ -90,14 +93,6 @@ class LongCatBlock(nn.Module):
             return self.cross_attn(h, text, opts)
         noise = self.cross_attn(h[:, n_cond:], text, opts)
         return torch.cat([noise.new_zeros(h.shape[0], n_cond, h.shape[2]), noise], dim=1)
-
-
-def _gated_residual(x, branch, gate):
-    """``x + gate·branch`` in fp32 (gate ``[B, T, 1, C]`` per frame), cast back to x's dtype."""
-    b, n, c = x.shape
-    frames = gate.shape[1]
-    out = x.reshape(b, frames, -1, c).float() + gate * branch.reshape(b, frames, -1, c).float()
-    return out.to(x.dtype).reshape(b, n, c)
 
 
 class LongCatVideoDiT(nn.Module):
@@ -175,17 +170,24 @@ class LongCatVideoDiT(nn.Module):
         return cache
 
     def _run_blocks(self, x, t_emb, text, plan, opts, kv_cache, offload):
-        """The block loop; honours ``patches_replace["dit"][("double_block", i)]`` like ComfyUI's Wan."""
+        """The block loop; honours ``patches_replace["dit"][("double_block", i)]`` like ComfyUI's Wan.
+
+        Per-block decisions (BSA or dense, the BSA log) are taken here, outside the blocks, so a
+        compiled block sees the same inputs in every block."""
         replace = opts.get("patches_replace", {}).get("dit", {})
+        settings, log = opts.get(BSA_OPTIONS_KEY), opts.get(BSA_LOG_KEY)
         new_cache = {} if plan.return_kv else None
         for i, block in enumerate(self.blocks):
             opts["block_index"] = i
             cache = None if kv_cache is None else kv_cache[i]
-            kv_slot = []
+            bsa = _block_bsa(settings, i, plan)
+            kv_slot, reports = [], []
 
-            def original_block(args, block=block, cache=cache, kv_slot=kv_slot):
-                out, kv = block(args["img"], args["vec"], args["txt"], plan, args["transformer_options"], cache)
+            def original_block(args, block=block, cache=cache, bsa=bsa, kv_slot=kv_slot, reports=reports):
+                out, kv, block_reports = block(args["img"], args["vec"], args["txt"], plan,
+                                               args["transformer_options"], cache, bsa)
                 kv_slot.append(kv)
+                reports.extend(block_reports)
                 return {"img": out}
 
             args = {"img": x, "txt": text, "vec": t_emb, "pe": plan.rope, "transformer_options": opts}
@@ -193,6 +195,9 @@ class LongCatVideoDiT(nn.Module):
                 x = replace[("double_block", i)](args, {"original_block": original_block})["img"]
             else:
                 x = original_block(args)["img"]
+            if log is not None:
+                for report in reports:
+                    log.record(i, report)
             if new_cache is not None:
                 if not kv_slot:
                     raise RuntimeError(f"block {i} patch did not call original_block; return_kv needs it")
@@ -261,6 +266,14 @@ class LongCatVideoDiT(nn.Module):
         pt, ph, pw = self.patch_size
         x = tokens.view(b, nt, nh, nw, pt, ph, pw, self.out_channels)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, nt * pt, nh * ph, nw * pw)
+
+
+def _block_bsa(settings, block_index: int, plan: SelfAttnPlan):
+    """The BSA settings for block ``block_index`` of this forward, or None for dense self-attention
+    (no settings, one-frame grids, a dense block, or a sigma outside the step window)."""
+    if settings is None or plan.grid[0] <= 1:
+        return None
+    return settings if settings.applies(block_index, plan.sigma) else None
 
 
 def _first_sigma(opts: dict) -> float | None:

@@ -16,6 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.block_ops import (
+    fused_block_reason,
+    gated_residual_op,
+    ln_modulate_op,
+    swiglu_op,
+)
+
 NORM_EPS = 1e-6  # every LayerNorm and RMSNorm of the official model
 
 
@@ -57,6 +64,45 @@ def layer_norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation ``x·(1 + scale) + shift``; x ``[B, T, HW, C]``, shift/scale ``[B, T, 1, C]``."""
     return x * (1 + scale) + shift
+
+
+# The block's elementwise work, each function one fused kernel on the GPU (kernels/block_ops.py)
+# and the torch ops below on the CPU; the torch ops are also the tests' oracle.
+
+def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``modulate(LayerNorm(x))`` in fp32, per frame, rounded once to x's dtype.
+
+    x ``[B, N, C]``; shift/scale fp32 ``[B, T, 1, C]`` (N divisible by T); ``norm`` has no affine."""
+    if fused_block_reason(x) is None:
+        return ln_modulate_op(x, None, None, shift, scale, norm.eps)
+    b, n, c = x.shape
+    h = modulate(layer_norm_fp32(norm, x.reshape(b, shift.shape[1], -1, c)), shift, scale)
+    return h.to(x.dtype).reshape(b, n, c)
+
+
+def norm_affine(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Affine LayerNorm of x ``[B, N, C]`` in fp32, rounded to x's dtype.
+
+    ComfyUI ops that cast their own weights (fp8, low-VRAM offload, weight patches) keep the torch
+    path: only the layer knows how to produce its patched weights."""
+    if fused_block_reason(x) is None and not _casts_itself(norm):
+        weight = norm.weight.to(device=x.device, dtype=torch.float32)
+        bias = norm.bias.to(device=x.device, dtype=torch.float32)
+        return ln_modulate_op(x, weight, bias, None, None, norm.eps)
+    return layer_norm_fp32(norm, x).to(x.dtype)
+
+
+def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + gate·branch`` in fp32 (gate ``[B, T, 1, C]`` per frame), cast back to x's dtype.
+
+    x, branch ``[B, N, C]``; the fused path writes the result over ``branch`` (a fresh layer output)."""
+    if fused_block_reason(x) is None and branch.is_contiguous() and branch.dtype == x.dtype:
+        gated_residual_op(x, branch, gate)
+        return branch
+    b, n, c = x.shape
+    frames = gate.shape[1]
+    out = x.reshape(b, frames, -1, c).float() + gate * branch.reshape(b, frames, -1, c).float()
+    return out.to(x.dtype).reshape(b, n, c)
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +200,11 @@ class SwiGLU(nn.Module):
         self.w3 = operations.Linear(hidden, inner, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w1(x), self.w3(x)
+        if fused_block_reason(x) is None and gate.is_contiguous() and up.is_contiguous():
+            swiglu_op(gate, up)  # silu(gate)·up written over gate
+            return self.w2(gate)
+        return self.w2(F.silu(gate) * up)
 
 
 class FinalLayer(nn.Module):
@@ -175,12 +225,9 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """x ``[B, N, C]``, t_emb fp32 ``[B, T, t_dim]`` (N divisible by T) → fp32 ``[B, N, out]``."""
-        b, n, c = x.shape
-        frames = t_emb.shape[1]
         shift, scale = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(2, dim=-1)
-        h = modulate(layer_norm_fp32(self.norm_final, x.reshape(b, frames, n // frames, c)), shift, scale)
         # The official modulation returns x's dtype; only then does the fp32 linear run.
-        return linear_fp32(self.linear, h.to(x.dtype).reshape(b, n, c))
+        return linear_fp32(self.linear, norm_modulate(self.norm_final, x, shift, scale))
 
 
 class _CastLinear(nn.Linear):
