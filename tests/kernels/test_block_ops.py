@@ -10,11 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from longcat_pack.kernels import block_ops
-from longcat_pack.kernels.block_ops import gated_residual_op, ln_modulate_op, rms_rope_op, swiglu_op
+from longcat_pack.kernels.block_ops import (
+    gated_residual_op,
+    ln_modulate_op,
+    rms_rope_op,
+    swiglu_op,
+)
 
 EPS = 1e-6
 # fp32: rounding only; fp16: one fp16 ulp of values of order 1-4.
-TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=4e-3, rtol=2e-3)}
+TOL = {torch.float32: {"atol": 2e-5, "rtol": 2e-5}, torch.float16: {"atol": 4e-3, "rtol": 2e-3}}
 
 
 @pytest.fixture(autouse=True)

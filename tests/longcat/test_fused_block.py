@@ -11,7 +11,7 @@ from longcat_pack.longcat.bsa_settings import BSASettings
 from tiny_dit import BSALog, tiny_dit
 from torch._dynamo.testing import CompileCounter
 
-SMALL_CHUNK = dict(chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2), backend="torch")
+SMALL_CHUNK = {"chunk_3d_shape_q": (2, 2, 2), "chunk_3d_shape_k": (2, 2, 2), "backend": "torch"}
 
 
 def inputs(t=4, h=8, w=8, seed=5):
