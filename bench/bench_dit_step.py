@@ -23,6 +23,9 @@ stood in by SDPA (flash backend), diffusers' ``ModelMixin`` / ``ConfigMixin`` /
 
 Usage (CUDA): python bench/bench_dit_step.py --official <LongCat-Video checkout> --out
 bench/results/dit_step_<card>.json [--cases 480p,720p,refine] [--no-compile]
+
+``--profile CASE`` instead profiles one eager forward of ours (torch.profiler, CUDA kernels) and
+writes the GPU time per kernel family: attention, matmul, our fused kernels, other elementwise.
 """
 
 import argparse
@@ -170,13 +173,63 @@ def run_case(name, ours, official_cls, compile_blocks):
     return row
 
 
+# Kernel families by name, first match wins.
+FAMILIES = (("bsa", ("_bsa_fwd", "_reorder_pool", "_pool", "topk", "_gating")),
+            ("dense attention", ("flash", "fmha", "cudnn", "attention")),
+            ("matmul", ("gemm", "nvjet", "sm90_xmma", "cutlass", "cublas")),
+            ("fused block", ("_ln_modulate", "_rms_rope", "_gated_residual", "_swiglu")))
+
+
+def profile_case(name, out):
+    """GPU time per kernel family of one eager forward of ours (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b, t, h, w, bsa = CASES[name]
+    ours = build_ours()
+    x = torch.randn(b, 16, t, h, w, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(b, TEXT_TOKENS, 4096, device="cuda", dtype=torch.bfloat16)
+    opts = {BSA_OPTIONS_KEY: BSASettings(sparsity=0.9375)} if bsa else {}
+
+    def forward():
+        with torch.no_grad():
+            ours(x, torch.full((b,), 700.0, device="cuda"), ctx, transformer_options=dict(opts))
+
+    forward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    kernels = {}
+    for event in prof.key_averages():
+        if event.device_type.name == "CUDA" and event.self_device_time_total > 0:
+            kernels[event.key] = (event.self_device_time_total / 1e3, event.count)
+    families = {}
+    for key, (ms_total, count) in kernels.items():
+        family = next((f for f, parts in FAMILIES if any(p in key.lower() for p in parts)), "other")
+        total, launches = families.get(family, (0.0, 0))
+        families[family] = (total + ms_total, launches + count)
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
+    result = {"card": torch.cuda.get_device_name(), "case": name,
+              "families_ms_launches": families, "top_kernels_ms_launches": top}
+    out.write_text(json.dumps(result, indent=1))
+    for family, (total, launches) in sorted(families.items(), key=lambda kv: -kv[1][0]):
+        print(f"{family:16s} {total:9.1f} ms  {launches:6d} launches")
+    for key, (total, launches) in top:
+        print(f"{total:9.1f} ms {launches:6d}  {key[:110]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", type=Path, required=True, help="LongCat-Video checkout (its root)")
+    parser.add_argument("--official", type=Path, help="LongCat-Video checkout (its root)")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     parser.add_argument("--cases", default="480p,720p,refine")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--profile", choices=sorted(CASES), help="profile ours on this case instead")
     args = parser.parse_args()
+    if args.profile:
+        return profile_case(args.profile, args.out)
+    if args.official is None:
+        parser.error("--official is required unless --profile")
     official_cls = import_official(args.official)
     ours = build_ours()
     result = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
