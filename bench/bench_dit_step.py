@@ -13,16 +13,16 @@ built on the meta device and given the same tensors (shared storage, no second c
 Per case, each after one warm-up forward, timed with CUDA events around one synchronised forward:
 official; ours on the torch elementwise path (``block_ops._DISABLED``, what the pack ran before
 the fused kernels); ours eager; ours with every block ``torch.compile``d (the per-block compile
-of KJNodes / the wrappers: one compile serves all 48 blocks; the first call's time, compile
-included, is reported). Peak VRAM is ``max_memory_allocated`` of the timed forward; rel. L2 of
-ours against the official output and against our torch path.
+of KJNodes / the wrappers: one compile serves all 48 blocks; ``--compile model``: the whole
+DiT, as ComfyUI's TorchCompileModel does; the first call's time, compile included, is
+reported). Peak VRAM is ``max_memory_allocated`` of the timed forward; rel. L2 of ours against the official output and against our torch path.
 
 The official code needs flash-attn and diffusers, which the GPU machine lacks: ``flash_attn`` is
 stood in by SDPA (flash backend), diffusers' ``ModelMixin`` / ``ConfigMixin`` /
 ``register_to_config`` by ``nn.Module``, a plain class and an identity decorator.
 
 Usage (CUDA): python bench/bench_dit_step.py --official <LongCat-Video checkout> --out
-bench/results/dit_step_<card>.json [--cases 480p,720p,refine] [--no-compile]
+bench/results/dit_step_<card>.json [--cases 480p,720p,refine] [--compile blocks|model|none]
 
 ``--profile CASE`` instead profiles one eager forward of ours (torch.profiler, CUDA kernels) and
 writes the GPU time per kernel family: attention, matmul, our fused kernels, other elementwise.
@@ -125,7 +125,7 @@ def rel_l2(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def run_case(name, ours, official_cls, compile_blocks):
+def run_case(name, ours, official_cls, compile_mode):
     b, t, h, w, bsa = CASES[name]
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(b, 16, t, h, w, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -136,9 +136,11 @@ def run_case(name, ours, official_cls, compile_blocks):
                                          chunk_3d_shape_k=(4, 4, 4))} if bsa else {}
     row = {"case": name, "batch": b, "latent": [t, h, w], "tokens_per_item": t * h * w // 4, "bsa": bsa}
 
+    model = ours
+
     def ours_forward():
         with torch.no_grad():
-            return ours(x, timestep, ctx, mask, transformer_options=dict(opts))
+            return model(x, timestep, ctx, mask, transformer_options=dict(opts))
 
     official = build_official(official_cls, ours, bsa)
 
@@ -156,9 +158,14 @@ def run_case(name, ours, official_cls, compile_blocks):
     row["rel_l2_fused_vs_torch_path"] = rel_l2(got, torch_path)
     row["rel_l2_torch_path_vs_official"] = rel_l2(torch_path, want)
     del want, torch_path
-    if compile_blocks:
+    if compile_mode == "blocks":
         for block in ours.blocks:
             block.compile()
+    elif compile_mode == "model":  # what ComfyUI's TorchCompileModel does
+        torch._dynamo.reset()
+        model = torch.compile(ours)
+    if compile_mode != "none":
+        row["compile_mode"] = compile_mode
         start = time.perf_counter()
         ours_forward()
         torch.cuda.synchronize()
@@ -167,6 +174,7 @@ def run_case(name, ours, official_cls, compile_blocks):
         row["rel_l2_compiled_vs_eager"] = rel_l2(compiled, got)
         for block in ours.blocks:  # back to eager for the next case
             block._compiled_call_impl = None
+        model = ours
     row["official_over_ours_eager"] = row["official_ms"] / row["ours_eager_ms"]
     if "ours_compiled_ms" in row:
         row["official_over_ours_compiled"] = row["official_ms"] / row["ours_compiled_ms"]
@@ -223,7 +231,8 @@ def main():
     parser.add_argument("--official", type=Path, help="LongCat-Video checkout (its root)")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     parser.add_argument("--cases", default="480p,720p,refine")
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile", choices=("blocks", "model", "none"), default="blocks",
+                        help="compile every block (default), the whole model, or nothing")
     parser.add_argument("--profile", choices=sorted(CASES), help="profile ours on this case instead")
     args = parser.parse_args()
     if args.profile:
@@ -238,7 +247,7 @@ def main():
 
     result["triton"] = triton.__version__
     for name in args.cases.split(","):
-        row = run_case(name, ours, official_cls, not args.no_compile)
+        row = run_case(name, ours, official_cls, args.compile)
         result["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))  # after every case: partial runs survive
