@@ -82,28 +82,23 @@ def _rms_rope_kernel(X, WEIGHT, COS, SIN, N, stride_b, stride_n, rope_offset, ep
     b = token // N
     n = token % N
     heads = tl.program_id(1) * HEADS_PER_PROGRAM + tl.arange(0, HEADS_PER_PROGRAM)
-    half = tl.arange(0, HEAD_DIM // 2)
-    ptr = X + b * stride_b + n * stride_n + heads[:, None] * HEAD_DIM + 2 * half[None, :]
-    even = tl.load(ptr).to(tl.float32)
-    odd = tl.load(ptr + 1).to(tl.float32)
-    mean_sq = (tl.sum(even * even, 1) + tl.sum(odd * odd, 1)) / HEAD_DIM
-    inv = tl.rsqrt(mean_sq + eps)[:, None]
+    features = tl.arange(0, HEAD_DIM)
+    ptr = X + b * stride_b + n * stride_n + heads[:, None] * HEAD_DIM + features[None, :]
+    x = tl.load(ptr).to(tl.float32)
+    inv = tl.rsqrt(tl.sum(x * x, 1) / HEAD_DIM + eps)[:, None]
     dtype = X.dtype.element_ty
     # RMSNorm as the torch path rounds it: normalised → x's dtype, times the weight → x's dtype.
-    w_even = tl.load(WEIGHT + 2 * half).to(tl.float32)[None, :]
-    w_odd = tl.load(WEIGHT + 2 * half + 1).to(tl.float32)[None, :]
-    even = ((even * inv).to(dtype).to(tl.float32) * w_even).to(dtype).to(tl.float32)
-    odd = ((odd * inv).to(dtype).to(tl.float32) * w_odd).to(dtype).to(tl.float32)
+    weight = tl.load(WEIGHT + features).to(tl.float32)[None, :]
+    x = ((x * inv).to(dtype).to(tl.float32) * weight).to(dtype).to(tl.float32)
     if ROPE:
         row = (rope_offset + n) * HEAD_DIM
-        cos_even = tl.load(COS + row + 2 * half)[None, :]
-        cos_odd = tl.load(COS + row + 2 * half + 1)[None, :]
-        sin_even = tl.load(SIN + row + 2 * half)[None, :]
-        sin_odd = tl.load(SIN + row + 2 * half + 1)[None, :]
+        cos = tl.load(COS + row + features)[None, :]
+        sin = tl.load(SIN + row + features)[None, :]
         # Interleaved pairs: (x0, x1) → (x0·cos − x1·sin, x1·cos + x0·sin).
-        even, odd = even * cos_even - odd * sin_even, odd * cos_odd + even * sin_odd
-    tl.store(ptr, even.to(dtype))
-    tl.store(ptr + 1, odd.to(dtype))
+        even, odd = tl.split(tl.reshape(x, (HEADS_PER_PROGRAM, HEAD_DIM // 2, 2)))
+        rotated = tl.reshape(tl.join(-odd, even), (HEADS_PER_PROGRAM, HEAD_DIM))
+        x = x * cos + rotated * sin
+    tl.store(ptr, x.to(dtype))
 
 
 def _heads_per_program(heads: int) -> int:
