@@ -40,6 +40,7 @@ _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 
 # Keys (after a wrapper prefix) that only this layout has together: Wan 2.x files have
 # ``ffn.0`` and a bare ``modulation`` parameter instead.
+_PARAMS = ("weight", "bias", "scale_weight")
 SIGNATURE = ("blocks.0.self_attn.q.weight", "blocks.0.ffn.w1.weight", "blocks.0.modulation.1.weight")
 
 
@@ -147,13 +148,14 @@ class JoinedTensor:
 def to_official(infos: dict) -> dict:
     """Kijai-layout header entries (prefix stripped) → ``{official key: entry or JoinedTensor}``.
 
-    Unknown names pass through unchanged (the key check then names them as unexpected). Raises
+    Unknown names (and parameters other than weight, bias, scale_weight) pass through unchanged,
+    so the key check names them as the file does. Raises
     ValueError naming the Kijai keys when a fused tensor lacks a part or its parts differ in dtype.
     """
     out, fused = {}, {}
     for key, info in infos.items():
         module, _, param = key.rpartition(".")
-        target = official_module(module)
+        target = official_module(module) if param in _PARAMS else None
         if target is None:
             out[key] = info
         elif target.parts == 1:
