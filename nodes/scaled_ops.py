@@ -54,16 +54,25 @@ class ScaledFP8Ops(comfy.ops.manual_cast):
                     bias = function(bias)
             return torch.nn.functional.linear(input, weight, bias)
 
-        def convert_weight(self, weight, inplace=False, **kwargs):
-            scale = getattr(self, "scale_weight", None)
-            if scale is None:
-                return weight
-            return dequantize(weight, scale.to(weight.device), weight.dtype)
+        # ComfyUI looks these up with getattr when it patches a weight in place. Layers without a
+        # scale raise AttributeError, so ComfyUI treats them exactly as stock manual_cast layers.
+        @property
+        def convert_weight(self):
+            if getattr(self, "scale_weight", None) is None:
+                raise AttributeError("convert_weight: layer has no scale_weight")
+            return self._dequantize_for_patch
 
-        def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
-            scale = getattr(self, "scale_weight", None)
-            if scale is not None:
-                weight = weight.float() / scale.to(weight.device).float().reshape(-1, 1)
+        @property
+        def set_weight(self):
+            if getattr(self, "scale_weight", None) is None:
+                raise AttributeError("set_weight: layer has no scale_weight")
+            return self._quantize_patched
+
+        def _dequantize_for_patch(self, weight, inplace=False, **kwargs):
+            return dequantize(weight, self.scale_weight.to(weight.device), weight.dtype)
+
+        def _quantize_patched(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
+            weight = weight.float() / self.scale_weight.to(weight.device).float().reshape(-1, 1)
             weight = comfy.float.stochastic_rounding(weight, self.weight.dtype, seed=seed)
             if return_weight:
                 return weight

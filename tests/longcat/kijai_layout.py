@@ -58,7 +58,8 @@ def to_kijai(official: dict) -> dict:
     return out
 
 
-def _is_fp8_linear(official_key: str) -> bool:
+def is_fp8_linear(official_key: str) -> bool:
+    """True for the official weights Kijai's fp8 file stores in fp8 (as parts for qkv / kv)."""
     return official_key.startswith("blocks.") and official_key.endswith(".weight") and any(
         name in official_key for name in FP8_LINEARS)
 
@@ -79,7 +80,7 @@ def to_kijai_scaled_fp8(official: dict, scale_shape=(), scale_name="scale_weight
     dequantized = {}
     for key, value in official.items():
         parts = split_parts(key, value)
-        if not _is_fp8_linear(key):
+        if not is_fp8_linear(key):
             kijai_sd.update({k: v.float() for k, v in parts.items()})
             dequantized[key] = value.float()
             continue
