@@ -66,7 +66,7 @@ def is_fp8_linear(official_key: str) -> bool:
 
 def quantize_part(weight: torch.Tensor):
     """Per-tensor scaled fp8 as in the file: (fp8 values, fp32 scale), weight ≈ fp8 · scale."""
-    scale = weight.float().abs().max() / FP8_MAX
+    scale = weight.float().abs().max().clamp(min=1e-12) / FP8_MAX
     return (weight.float() / scale).to(torch.float8_e4m3fn), scale
 
 
