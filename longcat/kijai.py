@@ -38,9 +38,9 @@ _TOP_LEVEL_INV = {v: k for k, v in TOP_LEVEL.items()}
 _PER_BLOCK_INV = {v: k for k, v in PER_BLOCK.items()}
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 
+_PARAMS = ("weight", "bias", "scale_weight")  # parameters the mapping renames
 # Keys (after a wrapper prefix) that only this layout has together: Wan 2.x files have
 # ``ffn.0`` and a bare ``modulation`` parameter instead.
-_PARAMS = ("weight", "bias", "scale_weight")
 SIGNATURE = ("blocks.0.self_attn.q.weight", "blocks.0.ffn.w1.weight", "blocks.0.modulation.1.weight")
 
 
@@ -53,8 +53,15 @@ class Target(NamedTuple):
 
 
 def is_kijai_layout(keys) -> bool:
-    """True when the (prefix-stripped) keys are a LongCat DiT in Kijai's layout."""
-    return all(key in keys for key in SIGNATURE)
+    """True when the (prefix-stripped) keys are a LongCat DiT in Kijai's layout.
+
+    Raises ValueError for a file with LongCat's Wan-style names (``self_attn.q`` with ``ffn.w1``)
+    that lacks the rest of the signature, rather than calling it a Wan 2.x model.
+    """
+    missing = [key for key in SIGNATURE if key not in keys]
+    if missing and SIGNATURE[0] in keys and SIGNATURE[1] in keys:
+        raise ValueError(f"Kijai-layout LongCat checkpoint without {', '.join(missing)}")
+    return not missing
 
 
 def official_module(kijai_module: str) -> Target | None:

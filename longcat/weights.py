@@ -269,8 +269,8 @@ def storage_dtype(name: str, shape, dtype: torch.dtype | None, source: torch.dty
     """Dtype a tensor is stored in for a requested model ``dtype`` (None = keep the file's).
 
     fp8 applies to 2-D Linear weights only; biases, norms and the patch conv stay bf16 (small,
-    and precision-sensitive), as in common fp8 DiT files. fp8_linear=False (a scaled fp8
-    checkpoint, whose maker left these Linears unquantized): bf16 for every tensor.
+    and precision-sensitive), as in common fp8 DiT files. fp8_linear=False (the unscaled tensors
+    of a scaled fp8 checkpoint, whose maker left them unquantized): bf16 for an fp8 dtype.
     """
     if dtype is None:
         return source

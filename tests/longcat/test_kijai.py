@@ -16,7 +16,7 @@ from kijai_layout import (
     to_kijai,
     to_kijai_scaled_fp8,
 )
-from longcat_pack.longcat import weights
+from longcat_pack.longcat import kijai, weights
 from longcat_pack.longcat.convert import convert
 from longcat_pack.longcat.lora import load_lora_file, merge_lora, parse_lora
 from safetensors.torch import load_file, save_file
@@ -137,6 +137,9 @@ def test_errors_name_keys(official, tmp_path):
     with pytest.raises(ValueError, match="not a LongCat-Video DiT.*first keys: a.weight, b.weight"):
         weights.load_state_dict(_save({"a.weight": torch.zeros(1), "b.weight": torch.zeros(1)},
                                       tmp_path / "other.safetensors"))
+    broken = {k: v for k, v in to_kijai(official).items() if k != "blocks.0.modulation.1.weight"}
+    with pytest.raises(ValueError, match=r"Kijai-layout LongCat checkpoint without blocks\.0\.modulation\.1\.weight"):
+        weights.load_state_dict(_save(broken, tmp_path / "broken.safetensors"))
     stray = {**to_kijai(official), "blocks.0.self_attn.q.extra": torch.zeros(2)}
     with pytest.raises(ValueError, match=r"unexpected 1: blocks\.0\.self_attn\.q\.extra"):
         weights.load_state_dict(_save(stray, tmp_path / "stray.safetensors"))
@@ -240,3 +243,18 @@ def test_kijai_lora_part_given_twice_is_an_error():
     twice = {**lora_sd, **{k.replace("diffusion_model.", ""): v for k, v in lora_sd.items()}}
     with pytest.raises(ValueError, match="twice"):
         parse_lora(twice, SHAPES)
+
+
+def test_comfy_key_map_slices_put_kijai_parts_on_their_rows(official):
+    """The key map given to ComfyUI's LoRA loaders, applied as ComfyUI does (a ``(dim, offset,
+    size)`` target narrows the weight), equals the merge by hand."""
+    _, raw = kijai_lora(SHAPES, ALL_TARGETS, seed=5)
+    key_map = kijai.lora_key_map(SHAPES, prefix="diffusion_model.")
+    merged = {k: v.clone() for k, v in official.items()}
+    for module, (up, down, scale) in raw.items():
+        target = key_map[f"diffusion_model.{module}"]
+        key, (dim, offset, size) = target if isinstance(target, tuple) else (target, (0, 0, None))
+        weight = merged[key[len("diffusion_model."):]]
+        rows = weight.narrow(dim, offset, size or weight.shape[dim])
+        rows += scale * up @ down
+    _assert_state_close(merged, merge_by_hand(official, raw, 1.0), official, rtol=1e-5, atol=1e-6)
