@@ -13,7 +13,13 @@ from longcat_pack.longcat.dit import LongCatVideoDiT
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "longcat"))
-from kijai_layout import is_fp8_linear, kijai_lora, merge_by_hand, to_kijai, to_kijai_scaled_fp8
+from kijai_layout import (
+    is_fp8_linear,
+    kijai_lora,
+    merge_by_hand,
+    to_kijai,
+    to_kijai_scaled_fp8,
+)
 from tiny_models import DIT_CONFIG
 
 pytestmark = pytest.mark.comfyui
