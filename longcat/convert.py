@@ -1,21 +1,22 @@
-"""Convert the official sharded fp32 ``dit/`` checkpoint into one bf16 / fp16 / fp8 safetensors file.
+"""Convert a LongCat-Video DiT into one safetensors file in the official layout, in bf16 / fp16 / fp32 / fp8.
 
-Peak RAM stays around one tensor: the output header is written first from the source headers
-(shapes and target dtypes only), then tensors are read, cast and appended one at a time. The
-output is written to ``<dst>.partial`` and renamed when complete. Imports nothing from ComfyUI.
+Sources: the official sharded fp32 ``dit/`` folder (or its index json), or a single file in the
+official layout or Kijai's (bf16, or scaled fp8: its fp8 weights and per-row scales are copied as
+they are for an fp8 output, dequantized for the others). Peak RAM stays around one tensor: the
+output header is written first from the source headers (shapes and target dtypes only), then
+tensors are read, cast and appended one at a time. The output is written to ``<dst>.partial``
+and renamed when complete. Imports nothing from ComfyUI.
 """
 
 import json
 import logging
 import math
 import os
-from itertools import groupby
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from .weights import SAFETENSORS_DTYPES, cast_tensor, inspect_checkpoint, storage_dtype
+from .weights import SAFETENSORS_DTYPES, inspect_checkpoint, iter_planned, plan_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +27,15 @@ DTYPE_NAMES = {
 _TAGS = {dtype: tag for tag, dtype in SAFETENSORS_DTYPES.items()}
 
 
-def plan_layout(infos: dict, dtype: torch.dtype) -> tuple[list, dict]:
-    """Output order ``[(key, TensorInfo, target dtype)]`` (grouped by source shard) and the header dict."""
-    order = sorted(infos.items(), key=lambda item: (str(item[1].file), item[0]))
-    plan, header, offset = [], {"__metadata__": {"format": "pt", "source": "LongCat-Video dit"}}, 0
-    for key, info in order:
-        target = storage_dtype(key, info.shape, dtype, info.dtype)
-        size = math.prod(info.shape) * target.itemsize
-        header[key] = {"dtype": _TAGS[target], "shape": list(info.shape), "data_offsets": [offset, offset + size]}
-        plan.append((key, info, target))
+def _header(plan: list) -> dict:
+    """Safetensors header of the planned tensors, in plan order."""
+    header, offset = {"__metadata__": {"format": "pt", "source": "LongCat-Video dit"}}, 0
+    for entry in plan:
+        size = math.prod(entry.shape) * entry.dtype.itemsize
+        header[entry.key] = {"dtype": _TAGS[entry.dtype], "shape": list(entry.shape),
+                             "data_offsets": [offset, offset + size]}
         offset += size
-    return plan, header
+    return header
 
 
 def _header_bytes(header: dict) -> bytes:
@@ -47,7 +46,8 @@ def _header_bytes(header: dict) -> bytes:
 
 def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> Path:
     """Write ``dst`` (one safetensors file, official keys) from ``src`` (``dit/`` folder, index json
-    or single file), casting to ``dtype`` (fp8: Linear weights only; the rest bf16).
+    or single file, official or Kijai layout), casting to ``dtype`` (fp8: Linear weights only, the
+    rest bf16; a scaled fp8 source keeps its fp8 weights and per-row ``scale_weight``).
 
     Raises ValueError for a bad source (see ``weights.load_state_dict``), an unsupported dtype, a
     missing output folder, or an existing ``dst`` without ``overwrite``.
@@ -62,11 +62,11 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
     if not dst.parent.is_dir():
         raise ValueError(f"output folder {dst.parent} does not exist; create it first")
     infos, _ = inspect_checkpoint(src)
-    plan, header = plan_layout(infos, dtype)
+    plan = plan_tensors(infos, dtype)
     partial = dst.with_name(dst.name + ".partial")
     try:
         with open(partial, "wb") as out:
-            out.write(_header_bytes(header))
+            out.write(_header_bytes(_header(plan)))
             _write_tensors(out, plan)
         os.replace(partial, dst)
     finally:
@@ -76,10 +76,12 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
 
 
 def _write_tensors(out, plan: list) -> None:
-    """Append tensors in ``plan`` order; each shard is opened once, one tensor in memory at a time."""
-    for file, group in groupby(plan, key=lambda item: item[1].file):
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for _, info, target in group:
-                tensor = cast_tensor(handle.get_tensor(info.name), target).contiguous()
-                out.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-                del tensor  # free before reading the next one: peak RAM ~ one tensor
+    """Append tensors in ``plan`` order, one in memory at a time."""
+    entries = iter(plan)
+    for key, tensor in iter_planned(plan):
+        entry = next(entries)
+        if key != entry.key or tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
+            raise RuntimeError(f"{key}: read {tensor.dtype} {tuple(tensor.shape)}, planned "
+                               f"{entry.dtype} {entry.shape}")  # a header/data mismatch would corrupt dst
+        out.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        del tensor  # free before reading the next one: peak RAM ~ one tensor

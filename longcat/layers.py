@@ -22,6 +22,7 @@ from ..kernels.block_ops import (
     ln_modulate_op,
     swiglu_op,
 )
+from .scaled_fp8 import dequantize
 
 NORM_EPS = 1e-6  # every LayerNorm and RMSNorm of the official model
 
@@ -40,6 +41,15 @@ def _like(param: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     return None if param is None else param.to(device=x.device, dtype=x.dtype)
 
 
+def _weight_like(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer.weight`` on ``x``'s device and in its dtype; a scaled fp8 weight (a
+    ``scale_weight`` per output row, see ``scaled_fp8``) is dequantized on the way."""
+    scale = getattr(layer, "scale_weight", None)
+    if scale is None:
+        return _like(layer.weight, x)
+    return dequantize(layer.weight.to(x.device), scale.to(x.device), x.dtype)
+
+
 def linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` computed in fp32 whatever the weight dtype. x ``[..., in]`` → fp32 ``[..., out]``.
 
@@ -49,7 +59,7 @@ def linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.float()
     if _casts_itself(layer):
         return layer(x)
-    return F.linear(x, _like(layer.weight, x), _like(layer.bias, x))
+    return F.linear(x, _weight_like(layer, x), _like(layer.bias, x))
 
 
 def layer_norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -231,11 +241,13 @@ class FinalLayer(nn.Module):
 
 
 class _CastLinear(nn.Linear):
+    applies_weight_scale = True  # scaled fp8 weights (``scaled_fp8.attach_scales``) are dequantized
+
     def reset_parameters(self):  # weights come from a checkpoint; skip the random init
         return None
 
     def forward(self, x):
-        return F.linear(x, _like(self.weight, x), _like(self.bias, x))
+        return F.linear(x, _weight_like(self, x), _like(self.bias, x))
 
 
 class _CastConv3d(nn.Conv3d):
@@ -255,5 +267,6 @@ class _CastLayerNorm(nn.LayerNorm):
 
 
 # ``operations`` for use outside ComfyUI: no random init, weights cast to the input dtype at use
-# (so fp8 / mixed-dtype checkpoints run in bf16), like ComfyUI's manual-cast ops.
+# (so fp8 / mixed-dtype checkpoints run in bf16; scaled fp8 is dequantized), like ComfyUI's
+# manual-cast ops.
 cast_ops = SimpleNamespace(Linear=_CastLinear, Conv3d=_CastConv3d, LayerNorm=_CastLayerNorm)

@@ -10,6 +10,11 @@ Formats read (keys of a safetensors state dict):
 * ComfyUI generic: ``[diffusion_model.]<path>.lora_down.weight`` / ``.lora_up.weight``.
 * kohya: ``lora_unet_<path with dots as _>.lora_down.weight`` / ``.lora_up.weight``
   (mapped back to module paths through the model's key list).
+* Kijai / ComfyUI (``LongCat_distill_lora_alpha64_bf16``, ``LongCat_refinement_lora_rank128_bf16``):
+  the community forms above with Kijai's Wan-style module names (``kijai``), e.g.
+  ``diffusion_model.blocks.0.self_attn.q.lora_down.weight``. Each q / k / v (k / v) part becomes
+  its row block of the fused official weight: ``up`` is block-diagonal over the parts (zero rows
+  for a part the file leaves out), ``down`` stacks their down-projections.
 Community formats take scale ``alpha / rank`` from an optional ``.alpha`` key, else 1.
 
 Output: ``{weight_key: LoraDelta}`` with ``weight_key`` the DiT state-dict key
@@ -25,6 +30,9 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
+
+from . import kijai
+from .scaled_fp8 import dequantize, quantize, scale_key
 
 OFFICIAL_PREFIX = "lora___lorahyphen___"
 OFFICIAL_SEP = "___lorahyphen___"
@@ -151,18 +159,56 @@ def parse_lora(lora_sd: Mapping[str, torch.Tensor],
         kohya_map = {k[:-len(".weight")].replace(".", "_"): k[:-len(".weight")]
                      for k in model_shapes if k.endswith(".weight")}
     deltas: dict[str, LoraDelta] = {}
+    fused: dict[str, tuple[int, dict[int, LoraDelta]]] = {}  # weight key → (part count, {part: delta})
     for (fmt, name), entry in _group_keys(lora_sd).items():
         path = _module_path(fmt, name, kohya_map)
-        key = path + ".weight"
-        if key in deltas:
-            raise ValueError(f"LoRA targets {key!r} twice (mixed key formats?)")
         delta = _to_delta(fmt, entry, path)
-        if model_shapes is not None:
-            _check_target(key, delta, model_shapes)
-        deltas[key] = delta
+        target = kijai.official_module(path) if fmt == "community" else None
+        if target is None or target.parts == 1:
+            _add_delta(deltas, (target.module if target else path) + ".weight", delta, model_shapes)
+            continue
+        count, parts = fused.setdefault(target.module + ".weight", (target.parts, {}))
+        if target.part in parts:
+            raise ValueError(f"LoRA targets {path!r} twice (mixed key prefixes?)")
+        parts[target.part] = delta
+    for key, (count, parts) in fused.items():
+        _add_delta(deltas, key, _join_parts(key, count, parts), model_shapes)
     if not deltas:
         raise ValueError("lora state dict is empty")
     return deltas
+
+
+def _add_delta(deltas: dict, key: str, delta: LoraDelta, model_shapes) -> None:
+    if key in deltas:
+        raise ValueError(f"LoRA targets {key!r} twice (mixed key formats?)")
+    if model_shapes is not None:
+        _check_target(key, delta, model_shapes)
+    deltas[key] = delta
+
+
+def _join_parts(key: str, count: int, parts: dict) -> LoraDelta:
+    """One delta for a fused weight of ``count`` parts from its q / k / v (k / v) part deltas ``{part: delta}``.
+
+    Row block i of ``up`` holds part i's up-projection in its own rank columns (zero rows for a
+    missing part), ``down`` stacks the parts' down-projections. Parts with different scales get
+    their scale folded into ``up`` (fp32) and the joined scale is 1.
+    """
+    present = [parts[i] for i in sorted(parts)]
+    rows, width = present[0].up.shape[0], present[0].down.shape[1]
+    if any(d.up.shape[0] != rows or d.down.shape[1] != width for d in present):
+        raise ValueError(f"LoRA parts of {key!r} differ in shape: "
+                         f"{[(tuple(d.up.shape), tuple(d.down.shape)) for d in present]}")
+    same_scale = len({d.scale for d in present}) == 1
+    up = torch.zeros(count * rows, sum(d.rank for d in present),
+                     dtype=present[0].up.dtype if same_scale else torch.float32)
+    column = 0
+    for i in sorted(parts):
+        delta = parts[i]
+        up[i * rows:(i + 1) * rows, column:column + delta.rank] = (
+            delta.up if same_scale else delta.up.float() * delta.scale)
+        column += delta.rank
+    down = torch.cat([d.down.to(present[0].down.dtype) for d in present])
+    return LoraDelta(up=up, down=down, scale=present[0].scale if same_scale else 1.0)
 
 
 def _check_target(key: str, delta: LoraDelta, model_shapes: Mapping[str, tuple]) -> None:
@@ -186,7 +232,9 @@ def merge_lora(state_dict: Mapping[str, torch.Tensor], deltas: Mapping[str, Lora
     """Return a copy of ``state_dict`` with ``W' = W + strength·scale·up@down`` on each target.
 
     The official merge formula (reference §4); the sum is formed in fp32 and cast back to W's
-    dtype. Call repeatedly to stack LoRAs. Raises ValueError for targets not in ``state_dict``.
+    dtype. A scaled fp8 weight (``scale_weight`` in ``state_dict``) is dequantized, patched and
+    re-quantized with its own per-row scale. Call repeatedly to stack LoRAs. Raises ValueError
+    for targets not in ``state_dict``.
     """
     missing = sorted(k for k in deltas if k not in state_dict)
     if missing:
@@ -198,7 +246,11 @@ def merge_lora(state_dict: Mapping[str, torch.Tensor], deltas: Mapping[str, Lora
             raise ValueError(f"LoRA target {key!r}: delta {(delta.up.shape[0], delta.down.shape[1])} "
                              f"does not match weight {tuple(weight.shape)}")
         update = strength * delta.weight(torch.float32).to(weight.device)
-        merged[key] = (weight.float() + update).to(weight.dtype)
+        scale = state_dict.get(scale_key(key))
+        if scale is None:
+            merged[key] = (weight.float() + update).to(weight.dtype)
+        else:
+            merged[key] = quantize(dequantize(weight, scale) + update, scale, weight.dtype)
     return merged
 
 

@@ -1,24 +1,36 @@
-"""Load LongCat-Video DiT weights: the official sharded ``dit/`` folder or one safetensors file.
+"""Load LongCat-Video DiT weights: the official sharded ``dit/`` folder, one safetensors file in the
+official layout, or Kijai's ComfyUI files (Wan-style names, bf16 or scaled fp8; see ``kijai``).
 
 Safetensors only (pickle files are never opened). Every header is validated before any tensor is
 read (truncated / corrupt files, non-LongCat checkpoints, missing / unexpected keys, wrong shapes
 → ``ValueError`` naming the first few offenders). Tensors are read one at a time and cast on the
-way in (fp8 stays fp8), then assigned into a meta-device skeleton, so loading never holds a
-second copy of the model or runs a random init. Imports nothing from ComfyUI.
+way in (fp8 stays fp8, scaled fp8 keeps its per-row scales: ``scaled_fp8``), then assigned into a
+meta-device skeleton, so loading never holds a second copy of the model or runs a random init.
+Imports nothing from ComfyUI.
 """
 
 import json
 import logging
 import math
 import struct
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from . import kijai
 from .dit import LongCatVideoDiT
 from .layers import cast_ops
+from .scaled_fp8 import (
+    SCALE_SUFFIX,
+    attach_scales,
+    dequantize,
+    is_scale_key,
+    scale_key,
+    weight_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +44,9 @@ STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16) + FP8_DTYPES
 _MAX_HEADER = 100 * 1024 * 1024
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "model.")
+# Scaled-fp8 bookkeeping that carries no weight: ComfyUI's ``scaled_fp8`` marker tensor and input
+# scales (used only by fp8 matrix multiplication; weights here are dequantized per layer).
+_FP8_MARKER, _INPUT_SCALE = "scaled_fp8", ".scale_input"
 # Keys that identify other families, for a helpful "this is not LongCat" message.
 _OTHER_FAMILIES = {
     "blocks.0.self_attn.q.weight": "Wan 2.x", "patch_embedding.weight": "Wan 2.x",
@@ -111,10 +126,8 @@ def _index_file(folder: Path) -> Path | None:
 
 
 def collect_tensors(path) -> dict:
-    """``{official key: TensorInfo}`` for a single file, an index json, or a folder (official ``dit/``).
-
-    Known wrapper prefixes (``model.diffusion_model.`` ...) are stripped.
-    """
+    """``{official key: TensorInfo or kijai.JoinedTensor}`` for a single file, an index json, or a
+    folder (official ``dit/``), in the official or Kijai's layout (see ``official_layout``)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"weights path does not exist: {path}")
@@ -125,11 +138,11 @@ def collect_tensors(path) -> dict:
             if len(files) != 1:
                 raise ValueError(f"{path}: expected a *.safetensors.index.json or exactly one .safetensors file, "
                                  f"found {len(files)} safetensors files")
-            return _strip_prefix(read_header(files[0]))
+            return official_layout(read_header(files[0]))
         path = index
     if path.name.endswith(".index.json"):
-        return _strip_prefix(_read_index(path))
-    return _strip_prefix(read_header(path))
+        return official_layout(_read_index(path))
+    return official_layout(read_header(path))
 
 
 def _read_index(index: Path) -> dict:
@@ -149,6 +162,40 @@ def _read_index(index: Path) -> dict:
             raise ValueError(f"{shard}: tensors listed in {index.name} but not in the shard: {_first(absent)}")
         infos.update({k: header[k] for k in listed})
     return infos
+
+
+def official_layout(infos: dict) -> dict:
+    """Header entries → official keys: drops scaled-fp8 bookkeeping (``scaled_fp8``, input scales),
+    strips a known wrapper prefix, reads ``weight_scale`` as ``scale_weight``, maps Kijai's layout
+    (detected by its keys, never the file name) and turns fp8 scales into per-row scales."""
+    infos = {k: v for k, v in infos.items()
+             if k.rpartition(".")[2] != _FP8_MARKER and not k.endswith(_INPUT_SCALE)}
+    infos = {_scale_spelling(k): v for k, v in _strip_prefix(infos).items()}
+    if kijai.is_kijai_layout(infos):
+        infos = kijai.to_official(infos)
+    return _per_row_scales(infos)
+
+
+def _scale_spelling(key: str) -> str:
+    return key[:-len(".weight_scale")] + SCALE_SUFFIX if key.endswith(".weight_scale") else key
+
+
+def _per_row_scales(infos: dict) -> dict:
+    """Each ``scale_weight`` as a ``JoinedTensor`` of one fp32-able value per output row of its weight.
+
+    A scale whose weight is absent or not 2-D, or whose size fits neither one value nor one per
+    row, is left as is: the key check then reports it.
+    """
+    out = dict(infos)
+    for key, scale in infos.items():
+        weight = infos.get(weight_key(key)) if is_scale_key(key) else None
+        if weight is None or len(weight.shape) != 2:
+            continue
+        parts = scale.parts if isinstance(scale, kijai.JoinedTensor) else (scale,)
+        rows = weight.rows if isinstance(weight, kijai.JoinedTensor) else (weight.shape[0],)
+        if len(parts) == len(rows) and all(math.prod(p.shape) in (1, r) for p, r in zip(parts, rows)):
+            out[key] = kijai.JoinedTensor(tuple(parts), tuple(rows))
+    return out
 
 
 def _strip_prefix(infos: dict) -> dict:
@@ -197,11 +244,17 @@ def expected_shapes(config: dict) -> dict:
 
 
 def check_keys(shapes, config: dict) -> None:
-    """Raise ValueError naming missing, unexpected and wrong-shaped keys (first few of each)."""
+    """Raise ValueError naming missing, unexpected and wrong-shaped keys (first few of each).
+
+    A ``scale_weight`` (scaled fp8) is expected as ``[out]`` next to any 2-D weight.
+    """
     want = expected_shapes(config)
     have = {k: _shape(v) for k, v in shapes.items()}
+    for key in filter(is_scale_key, have):
+        if len(want.get(weight_key(key), ())) == 2:
+            want[key] = (want[weight_key(key)][0],)
     problems = []
-    if missing := [k for k in want if k not in have]:
+    if missing := [k for k in want if k not in have and not is_scale_key(k)]:
         problems.append(f"missing {len(missing)}: {_first(missing)}")
     if unexpected := [k for k in have if k not in want]:
         problems.append(f"unexpected {len(unexpected)}: {_first(unexpected)}")
@@ -211,15 +264,17 @@ def check_keys(shapes, config: dict) -> None:
         raise ValueError("LongCat DiT checkpoint does not match the model: " + " | ".join(problems))
 
 
-def storage_dtype(name: str, shape, dtype: torch.dtype | None, source: torch.dtype) -> torch.dtype:
+def storage_dtype(name: str, shape, dtype: torch.dtype | None, source: torch.dtype,
+                  fp8_linear: bool = True) -> torch.dtype:
     """Dtype a tensor is stored in for a requested model ``dtype`` (None = keep the file's).
 
     fp8 applies to 2-D Linear weights only; biases, norms and the patch conv stay bf16 (small,
-    and precision-sensitive), as in common fp8 DiT files.
+    and precision-sensitive), as in common fp8 DiT files. fp8_linear=False (the unscaled tensors
+    of a scaled fp8 checkpoint, whose maker left them unquantized): bf16 for an fp8 dtype.
     """
     if dtype is None:
         return source
-    if dtype in FP8_DTYPES and not (name.endswith(".weight") and len(shape) == 2):
+    if dtype in FP8_DTYPES and not (fp8_linear and name.endswith(".weight") and len(shape) == 2):
         return torch.bfloat16
     return dtype
 
@@ -251,22 +306,76 @@ def inspect_checkpoint(path) -> tuple[dict, dict]:
     return infos, config
 
 
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor of a loaded state dict: where it is stored, its dtype once loaded, and for a
+    scaled fp8 weight loaded in another dtype the per-row scale to dequantize it with."""
+
+    key: str
+    source: object  # TensorInfo or kijai.JoinedTensor
+    dtype: torch.dtype
+    scale: object = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+
+def plan_tensors(infos: dict, dtype: torch.dtype | None = None) -> list[PlannedTensor]:
+    """How each tensor of ``infos`` (from ``inspect_checkpoint``) is loaded for ``dtype``, grouped by file.
+
+    Scaled fp8 weights stay as stored with their per-row scales (fp32) for dtype None or any fp8
+    dtype (re-quantizing fp8 values only loses precision); bf16 / fp16 / fp32 dequantizes them.
+    """
+    _check_dtype(dtype)
+    scaled = {weight_key(k) for k in infos if is_scale_key(k)}
+    keep_scaled = dtype is None or dtype in FP8_DTYPES
+    plan = []
+    for key, source in sorted(infos.items(), key=lambda item: (str(item[1].file), item[0])):
+        if is_scale_key(key):
+            if keep_scaled:
+                plan.append(PlannedTensor(key, source, torch.float32))
+        elif key in scaled:
+            scale = None if keep_scaled else infos[scale_key(key)]
+            plan.append(PlannedTensor(key, source, source.dtype if keep_scaled else dtype, scale))
+        else:
+            target = storage_dtype(key, source.shape, dtype, source.dtype, fp8_linear=not scaled)
+            plan.append(PlannedTensor(key, source, target))
+    return plan
+
+
+def iter_planned(plan: list[PlannedTensor], device="cpu"):
+    """Yield ``(key, tensor)`` for each planned tensor, read, joined, dequantized and cast one at a
+    time (each file opened once), so a caller that writes tensors out holds about one at a time."""
+    with ExitStack() as stack:
+        handles = {}
+
+        def get(info):
+            if info.file not in handles:
+                handles[info.file] = stack.enter_context(safe_open(str(info.file), framework="pt", device=str(device)))
+            return handles[info.file].get_tensor(info.name)
+
+        def read(source):
+            return source.read(get) if isinstance(source, kijai.JoinedTensor) else get(source)
+
+        for entry in plan:
+            tensor = read(entry.source)
+            if entry.scale is not None:
+                tensor = dequantize(tensor, read(entry.scale))
+            tensor = cast_tensor(tensor, entry.dtype)
+            yield entry.key, tensor
+            del tensor  # released before the next read
+
+
 def read_tensors(infos: dict, dtype: torch.dtype | None = None, device="cpu") -> dict:
     """State dict of the tensors ``infos`` (from ``inspect_checkpoint``) locates, cast tensor by tensor.
 
-    dtype: None keeps the file's dtypes; bf16/fp16/fp32, or fp8 (e4m3fn / e5m2) for Linear weights.
+    dtype: None keeps the file's dtypes; bf16/fp16/fp32, or fp8 (e4m3fn / e5m2) for Linear weights
+    (see ``plan_tensors`` for scaled fp8 checkpoints).
     """
-    _check_dtype(dtype)
-    by_file: dict[Path, list] = {}
-    for key, info in infos.items():
-        by_file.setdefault(info.file, []).append((key, info))
-    state = {}
-    for file, entries in by_file.items():
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
-            for key, info in entries:
-                target = storage_dtype(key, info.shape, dtype, info.dtype)
-                state[key] = cast_tensor(f.get_tensor(info.name), target)
-    logger.info("loaded %d LongCat DiT tensors from %s", len(state), ", ".join(sorted({f.name for f in by_file})))
+    state = dict(iter_planned(plan_tensors(infos, dtype), device))
+    files = sorted({Path(info.file).name for info in infos.values()})
+    logger.info("loaded %d LongCat DiT tensors from %s", len(state), ", ".join(files))
     return state
 
 
@@ -300,12 +409,13 @@ def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=No
     """Build a ``LongCatVideoDiT`` from weights without a random init or a second copy in RAM.
 
     operations: default ``layers.cast_ops`` (weights cast to the input dtype at use, so fp8 and
-    mixed-dtype files run). The model is built on the meta device and the loaded tensors are
-    assigned into it.
+    mixed-dtype files run; scaled fp8 weights are dequantized per layer). The model is built on
+    the meta device and the loaded tensors are assigned into it.
     """
     infos, config = inspect_checkpoint(path)
     state = read_tensors(infos, dtype, device)
     model = LongCatVideoDiT(**config, text_tokens_zero_pad=read_text_tokens_zero_pad(path), attention=attention,
                             device="meta", operations=cast_ops if operations is None else operations)
+    attach_scales(model, [key for key in state if is_scale_key(key)])
     model.load_state_dict(state, strict=True, assign=True)
     return model.requires_grad_(False).eval()

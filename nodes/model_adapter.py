@@ -6,7 +6,9 @@ DiT's keyword arguments (``extra_conds``) and applies the sampling convention, a
 ``longcat.dit.LongCatVideoDiT`` is the math, built from ``comfy.ops`` operations with ComfyUI's
 ``optimized_attention`` injected. ``load_longcat_model`` mirrors
 ``comfy.sd.load_diffusion_model_state_dict`` so manual cast, fp8 weights and offload behave as
-for any native model.
+for any native model. Kijai's files load too (``longcat.kijai``): their scaled fp8 weights stay
+fp8 with per-row scales (``scaled_ops``), and ComfyUI's LoRA loaders get the key map for
+Kijai's Wan-style LoRA names (``install_lora_key_map``).
 
 Sampling convention (checked against comfy/model_sampling.py ``CONST``): ComfyUI computes
 ``denoised = x - sigma * out`` and feeds ``timestep = sigma * 1000``; the official DiT output v
@@ -14,12 +16,14 @@ satisfies ``x0 = x + sigma * v`` (reference/longcat.md 2.3), so the stock-sample
 ``out = -v``. Our own sampler asks for the raw official output through ``RAW_OUTPUT_KEY``.
 """
 
+import functools
 import logging
 import math
 from collections import Counter
 
 import comfy.conds
 import comfy.latent_formats
+import comfy.lora
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -29,10 +33,12 @@ import comfy.utils
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..longcat import weights
+from ..longcat import kijai, weights
 from ..longcat.dit import LongCatVideoDiT
+from ..longcat.scaled_fp8 import attach_scales, is_scale_key, weight_key
 from ..longcat.schedules import NUM_TRAIN_TIMESTEPS, SHIFT
 from .logic import pad_text_condition
+from .scaled_ops import ScaledFP8Ops
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,12 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
     def __init__(self, model_config, device=None):
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device,
                          unet_model=_build_dit)
+
+    def longcat_lora_keys(self) -> dict:
+        """LoRA key-map entries beyond ComfyUI's generic ones: Kijai's Wan-style module names,
+        q / k / v (k / v) parts as row slices of the fused weights (``install_lora_key_map``)."""
+        shapes = {k: tuple(v.shape) for k, v in self.diffusion_model.state_dict().items()}
+        return kijai.lora_key_map(shapes, prefix="diffusion_model.")
 
     def get_dtype(self):
         dtype = getattr(self.diffusion_model, "dtype", None)
@@ -115,8 +127,38 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
         return self.model_sampling.calculate_denoised(t, -out.float(), x)
 
 
+def install_lora_key_map() -> None:
+    """Let ComfyUI's LoRA loaders (``LoraLoaderModelOnly``, ``comfy.sd.load_lora_for_models``)
+    map Kijai's Wan-style LoRA names onto a LongCat MODEL.
+
+    ComfyUI builds LoRA key maps in ``comfy.lora.model_lora_keys_unet`` from isinstance checks on
+    its own model classes, with no hook for other models. This wraps it once; the wrapper adds
+    the entries a model offers through ``longcat_lora_keys`` (only ``LongCatVideoModel`` does)
+    and leaves every other model's map unchanged.
+    """
+    original = comfy.lora.model_lora_keys_unet
+    if getattr(original, "longcat_wrapper", False):
+        return
+
+    @functools.wraps(original)
+    def model_lora_keys_unet(model, *args, **kwargs):
+        key_map = original(model, *args, **kwargs)
+        extra = getattr(model, "longcat_lora_keys", None)
+        if callable(extra):
+            for name, target in extra().items():
+                key_map.setdefault(name, target)
+        return key_map
+
+    model_lora_keys_unet.longcat_wrapper = True
+    comfy.lora.model_lora_keys_unet = model_lora_keys_unet
+
+
 def _default_weight_dtype(infos: dict, load_device, supported) -> torch.dtype:
-    """ComfyUI's choice for "default": from the parameter count and the file's main dtype."""
+    """ComfyUI's choice for "default": from the parameter count and the file's main dtype; a
+    scaled fp8 file keeps its fp8 weights (as ComfyUI does for its own scaled fp8 files)."""
+    scaled = [infos[weight_key(k)].dtype for k in infos if is_scale_key(k)]
+    if scaled:
+        return Counter(scaled).most_common(1)[0][0]
     sizes = Counter()
     for info in infos.values():
         sizes[info.dtype] += math.prod(info.shape)
@@ -128,12 +170,14 @@ def _default_weight_dtype(infos: dict, load_device, supported) -> torch.dtype:
 def load_longcat_model(path, weight_dtype=None):
     """ModelPatcher around LongCat-Video weights, as ComfyUI's UNETLoader would build it.
 
-    path: one safetensors file or an official ``dit/`` folder (``longcat.weights``).
-    weight_dtype: None (ComfyUI picks from the device and the file) or a torch dtype, fp8
-    included (stored in fp8, computed in bf16/fp16 through ``comfy.ops`` manual cast).
+    path: one safetensors file (official or Kijai layout) or an official ``dit/`` folder
+    (``longcat.weights``). weight_dtype: None (ComfyUI picks from the device and the file) or a
+    torch dtype, fp8 included (stored in fp8, computed in bf16/fp16 through ``comfy.ops`` manual
+    cast; a scaled fp8 file keeps its weights and per-row scales, see ``scaled_ops``).
     The DiT is built on the meta device and the loaded tensors are assigned into it, so RAM
     never holds two copies of a 13.6B model.
     """
+    install_lora_key_map()
     infos, dit_config = weights.inspect_checkpoint(path)  # headers only, validated
     dit_config["text_tokens_zero_pad"] = weights.read_text_tokens_zero_pad(path)
     config = LongCatVideoConfig({"image_model": "longcat_video", "meta_init": True, **dit_config})
@@ -145,11 +189,16 @@ def load_longcat_model(path, weight_dtype=None):
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
     config.set_inference_dtype(weight_dtype, manual_cast)
     state = weights.read_tensors(infos, dtype=weight_dtype)
+    scale_keys = [key for key in state if is_scale_key(key)]
+    if scale_keys:
+        config.custom_operations = ScaledFP8Ops
     model = config.get_model(state, "")
+    attach_scales(model.diffusion_model, scale_keys)
     model.diffusion_model.load_state_dict(state, strict=True, assign=True)
     model = model.to(offload_device)
-    log.info("LongCat-Video %s: weights %s, compute %s, load %s, offload %s", path, weight_dtype,
-             manual_cast or weight_dtype, load_device, offload_device)
+    log.info("LongCat-Video %s: weights %s%s, compute %s, load %s, offload %s", path, weight_dtype,
+             " (scaled, per-row scales)" if scale_keys else "", manual_cast or weight_dtype,
+             load_device, offload_device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                                offload_device=offload_device)
     patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, free_rope_tables)

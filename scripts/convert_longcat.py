@@ -1,9 +1,13 @@
-"""Convert the official LongCat-Video ``dit/`` checkpoint (sharded fp32) into one file for ComfyUI.
+"""Convert a LongCat-Video DiT (official dit/ shards, or Kijai's bf16 / scaled fp8 file) into one file.
 
     python scripts/convert_longcat.py weights/LongCat-Video/dit \
         ComfyUI/models/diffusion_models/longcat_video_dit_bf16.safetensors --dtype bf16
+    python scripts/convert_longcat.py LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ.safetensors \
+        ComfyUI/models/diffusion_models/longcat_video_dit_fp8_scaled.safetensors --dtype fp8_e4m3fn
 
-Peak RAM is about one tensor (< 0.2 GB); the output is validated on the way (keys, shapes).
+The output has the official key names. Peak RAM is about one tensor, not the model; the source is
+validated first (keys, shapes). The loader also reads Kijai's files directly: converting them
+is optional.
 """
 
 import argparse
@@ -20,11 +24,14 @@ def main(argv=None) -> int:
     from longcat_pack.longcat.convert import DTYPE_NAMES, convert
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="official dit/ folder, its *.safetensors.index.json, or one .safetensors file")
+    parser.add_argument("src", help="official dit/ folder, its *.safetensors.index.json, or one .safetensors "
+                                    "file (official layout, or Kijai's bf16 / scaled fp8 file)")
     parser.add_argument("dst", help="output .safetensors file (e.g. in ComfyUI/models/diffusion_models/)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16",
-                        help="output dtype; fp8 applies to Linear weights, the rest is stored in bf16")
-    parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
+                        help="output dtype (default: %(default)s). fp8 applies to Linear weights, the rest "
+                             "is stored in bf16; a scaled fp8 source keeps its fp8 weights and scales for an "
+                             "fp8 dtype and is dequantized for the others")
+    parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -36,18 +36,21 @@ STORY = (
 )
 SEED = 42  # the official demos' seed (42 + rank)
 
+HF_KIJAI = "https://huggingface.co/Kijai/LongCat-Video_comfy"
 DIT_NOTE = f"""## LongCat-Video DiT
 
-The official release ships the DiT as fp32 shards in [`dit/`]({HF_LONGCAT}/tree/main/dit)
-(~54 GB); there is no single file to download, so this loader has no download link.
+Pick the DiT here: Kijai's files or the official release.
 
-Either
-
-* convert once to one bf16 file (27.2 GB) in `models/diffusion_models/`:
-  `python scripts/convert_longcat.py <LongCat-Video>/dit models/diffusion_models/{DIT_FILE}`
-  (add `--dtype fp8_e4m3fn` for a ~13.6 GB fp8 file), or
-* put (or symlink) the official `dit/` folder under `models/diffusion_models/` and pick it here
-  (it is cast while loading).
+* **Kijai's files** ([Kijai/LongCat-Video_comfy]({HF_KIJAI})):
+  `LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ.safetensors` (15.5 GB, stays fp8 in memory) or
+  `LongCat_TI2V_comfy_bf16.safetensors` (27.2 GB). His `LongCat_distill_lora_alpha64_bf16` and
+  `LongCat_refinement_lora_rank128_bf16` replace `cfg_step_lora` / `refinement_lora` in the LoRA
+  nodes.
+* **The official release** ships the DiT as fp32 shards in [`dit/`]({HF_LONGCAT}/tree/main/dit)
+  (~54 GB; no single file, so this loader has no download link). Convert once to one bf16 file
+  (27.2 GB): `python scripts/convert_longcat.py <LongCat-Video>/dit models/diffusion_models/{DIT_FILE}`
+  (add `--dtype fp8_e4m3fn` for ~13.6 GB), or put (or symlink) the `dit/` folder under
+  `models/diffusion_models/` and pick it here (it is cast while loading).
 
 See `docs/model.md`."""
 
@@ -64,7 +67,7 @@ def load_models(wf: Workflow, col: Column) -> dict:
                            {"clip_name": UMT5["name"], "type": "wan"}, width=380, models=[UMT5]))
     vae = col.push(wf.add("VAELoader", col.next(), {"vae_name": VAE["name"]}, width=380,
                           models=[VAE]))
-    note = col.push(wf.note(col.next(), DIT_NOTE, title="DiT file", width=380, height=330))
+    note = col.push(wf.note(col.next(), DIT_NOTE, title="DiT file", width=380, height=470))
     wf.group("Models", [dit, clip, vae, note])
     return {"dit": dit, "clip": clip, "vae": vae}
 

@@ -101,6 +101,25 @@ def test_stock_model_patches_accept_our_model(comfy_server):
     assert "NOT LOADED" not in comfy_server.log_text()
 
 
+def test_kijai_scaled_fp8_dit_with_kijai_lora(comfy_server):
+    """Kijai's file layouts in a plain graph: scaled fp8 DiT, its LoRA through the stock loader
+    and through LongCat LoRA, stock KSampler."""
+    prompt = _base({
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {**STAGE1, "length": 1, "batch_size": 1}},
+        "10": {"class_type": "LoraLoaderModelOnly",
+               "inputs": {"model": ["1", 0], "lora_name": TINY["kijai_lora"], "strength_model": 1.0}},
+        "12": {"class_type": "LongCatLoRA",
+               "inputs": {"model": ["10", 0], "lora_name": TINY["kijai_lora"], "strength": 0.5}},
+        "5": _ksampler(["12", 0], steps=1),
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    })
+    prompt["1"]["inputs"]["model_name"] = TINY["kijai_fp8_dit"]
+    assert len(_saved(comfy_server.run(prompt), "8")) == 1
+    log = comfy_server.log_text()
+    assert "NOT LOADED" not in log and "scaled, per-row scales" in log
+
+
 def _stage1(sampler_id="5"):
     """T2V with our sampler on the distill schedule: nodes 4 (latent), 9 (sigmas), 5, 7 (IMAGE)."""
     return {

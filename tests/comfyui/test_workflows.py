@@ -171,6 +171,17 @@ def test_t2v_refine_bsa_runs_end_to_end(stand_ins, object_info, convert):
     assert reports and "sparse self-attention calls" in reports[0], reports
 
 
+def test_distill_workflow_runs_with_kijai_files(stand_ins, object_info, convert):
+    """The bundled distill workflow with Kijai's scaled fp8 DiT and a Kijai-layout LoRA picked."""
+    workflow = json.loads((ROOT / "workflows" / "longcat_t2v_distill_16step.json").read_text())
+    prompt = _tiny(convert(workflow, object_info), {
+        "LongCatModelLoader": {"model_name": TINY["kijai_fp8_dit"]},
+        "LongCatLoRA": {"lora_name": TINY["kijai_lora"]}, "EmptyHunyuanLatentVideo": STAGE1,
+        "SaveVideo": {"filename_prefix": "wf_test/distill_kijai"}})
+    entry = stand_ins.run(prompt, timeout=900)
+    assert list(_videos(stand_ins, entry).values()) == [[9, 64, 32]]
+
+
 def test_continuation_runs_end_to_end(stand_ins, object_info, convert):
     workflow = json.loads((ROOT / "workflows" / "longcat_video_continuation.json").read_text())
     prompt = _tiny(convert(workflow, object_info), {

@@ -12,6 +12,9 @@ it exactly as it detects the real file. Writes:
 * loras/longcat_tiny_official_lora.safetensors: official-format LoRA (split qkv up-projection,
   alpha_scale) for the tiny DiT; loras/longcat_tiny_comfy_lora.safetensors: the same deltas in
   ComfyUI's generic ``diffusion_model.*`` format (for LoraLoaderModelOnly).
+* diffusion_models/LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ_tiny.safetensors and
+  loras/LongCat_distill_lora_tiny_KJ.safetensors: the same DiT in Kijai's scaled fp8 layout and a
+  LoRA in Kijai's layout (``tests/longcat/kijai_layout.py``).
 """
 
 import sys
@@ -26,10 +29,13 @@ DIT_FILE = "longcat_tiny.safetensors"
 VAE_FILE = "wan_2.1_vae_random.safetensors"
 OFFICIAL_LORA_FILE = "longcat_tiny_official_lora.safetensors"
 COMFY_LORA_FILE = "longcat_tiny_comfy_lora.safetensors"
+KIJAI_FP8_DIT_FILE = "LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ_tiny.safetensors"
+KIJAI_LORA_FILE = "LongCat_distill_lora_tiny_KJ.safetensors"
 RANK = 2
 # File names the tests (and the workflow tests) put into prompts.
 TINY = {"dit": DIT_FILE, "vae": VAE_FILE, "official_lora": OFFICIAL_LORA_FILE,
-        "comfy_lora": COMFY_LORA_FILE}
+        "comfy_lora": COMFY_LORA_FILE, "kijai_fp8_dit": KIJAI_FP8_DIT_FILE,
+        "kijai_lora": KIJAI_LORA_FILE}
 
 
 def _pack():
@@ -74,6 +80,20 @@ def write_loras(folder: Path, state: dict) -> None:
     save_file(comfy, str(folder / COMFY_LORA_FILE))
 
 
+def write_kijai(models: Path, state: dict) -> None:
+    """The tiny DiT as Kijai's scaled fp8 file, and a Kijai-layout LoRA on q/k/v, cross k/v and more."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "longcat"))
+    from kijai_layout import kijai_lora, to_kijai_scaled_fp8
+
+    fp8, _ = to_kijai_scaled_fp8(state)
+    save_file({k: v.contiguous() for k, v in fp8.items()}, str(models / "diffusion_models" / KIJAI_FP8_DIT_FILE))
+    shapes = {k: tuple(v.shape) for k, v in state.items() if v.ndim == 2}
+    targets = [f"blocks.{b}.{m}" for b in range(DIT_CONFIG["depth"]) for m in (
+        "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.k", "cross_attn.v", "ffn.w2")]
+    lora, _ = kijai_lora(shapes, targets, rank=RANK, seed=2)
+    save_file(lora, str(models / "loras" / KIJAI_LORA_FILE))
+
+
 def write_vae(folder: Path) -> None:
     """Random full-size Wan 2.1 VAE built from ComfyUI's own class (needs cwd = COMFYUI_DIR)."""
     sys.path.insert(0, ".")
@@ -103,6 +123,7 @@ def main(models: Path) -> None:
         (models / sub).mkdir(parents=True, exist_ok=True)
     state = write_dit(models / "diffusion_models")
     write_loras(models / "loras", state)
+    write_kijai(models, state)
     write_vae(models / "vae")
 
 

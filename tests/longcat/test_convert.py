@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from longcat_pack.longcat import convert as convert_module
 from longcat_pack.longcat import weights
 from longcat_pack.longcat.convert import convert
 from safetensors import safe_open
@@ -70,7 +69,7 @@ def test_streams_one_tensor_at_a_time(official, tmp_path, monkeypatch):
     """When a tensor is read, every tensor read before it has already been released."""
     folder, state = official
     refs, alive_at_read = [], []
-    real_open = convert_module.safe_open
+    real_open = weights.safe_open
 
     class Tracking:
         def __init__(self, *args, **kwargs):
@@ -89,7 +88,7 @@ def test_streams_one_tensor_at_a_time(official, tmp_path, monkeypatch):
             refs.append(weakref.ref(tensor))
             return tensor
 
-    monkeypatch.setattr(convert_module, "safe_open", Tracking)
+    monkeypatch.setattr(weights, "safe_open", Tracking)
     convert(folder, tmp_path / "o.safetensors", torch.float32)  # fp32 → fp32: no cast copy either
     assert len(alive_at_read) == len(state) and max(alive_at_read) == 0
 
