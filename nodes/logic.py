@@ -158,6 +158,15 @@ def expected_backend(backend: str, cuda: bool, triton: bool) -> tuple[str, str]:
     return "torch", f"auto: {missing}, using the torch reference (slow, same results)"
 
 
+def startup_kernel_note(cuda: bool, triton: bool) -> str:
+    """The start-up log's word on what BSA (backend auto) will run on this machine."""
+    path, _ = expected_backend("auto", cuda, triton)
+    if path == "triton":
+        return "BSA kernel: Triton (CUDA device and Triton found)"
+    missing = "no CUDA device" if not cuda else "Triton not installed"
+    return f"BSA kernel: torch reference, same results but slower ({missing})"
+
+
 def describe_settings(settings: BSASettings, enabled: bool, cuda: bool, triton: bool) -> str:
     """One-paragraph plan shown by the BSA node before sampling."""
     if not enabled:

@@ -26,6 +26,9 @@ def test_pack_imports_without_error(comfy_server, object_info):
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_FOLDER in line]
     assert not failed, "\n".join(failed)
     assert OUR_NODES | {"LongCatTestTextEncode"} <= set(object_info)
+    # The server runs with --cpu: the start-up line says BSA will run the torch reference.
+    assert "BSA kernel: torch reference, same results but slower (no CUDA device)" in log, (
+        comfy_server.log_tail())
 
 
 def test_object_info_matches_snapshot(object_info):
