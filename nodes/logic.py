@@ -24,7 +24,7 @@ from ..longcat.frames import (
 )
 from ..longcat.long_video import refine_windows
 
-# umT5 sequence length the official pipeline pads every prompt to (reference/longcat.md 2.1).
+# umT5 sequence length the official pipeline pads every prompt to.
 TEXT_TOKENS = 512
 
 # The loader widget's choices: "default" plus names of convert.DTYPE_NAMES (the converter's --dtype).
