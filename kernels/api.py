@@ -22,6 +22,15 @@ from .op import bsa_forward_op
 logger = logging.getLogger(__name__)
 
 _BACKENDS = ("auto", "triton", "torch")
+# Fallback reasons already logged: a DiT makes thousands of BSA calls per run, and the report
+# of every call carries the reason anyway, so each distinct reason is logged once per process.
+_warned_fallbacks: set[str] = set()
+
+
+def _warn_fallback_once(reason: str) -> None:
+    if reason not in _warned_fallbacks:
+        _warned_fallbacks.add(reason)
+        logger.warning("BSA: triton backend requested but %s; using the torch reference", reason)
 
 
 @dataclass
@@ -103,11 +112,12 @@ def _choose_backend(q, k, v, backend):
     try:
         from . import bsa_fwd_triton as triton_mod
     except ImportError as err:
-        return "torch", f"triton not importable: {err}"
-    reason = triton_mod.unsupported_reason(q, k, v)
+        reason = f"triton not importable: {err}"
+    else:
+        reason = triton_mod.unsupported_reason(q, k, v)
     if reason is not None:
         if backend == "triton":
-            logger.warning("BSA: triton backend requested but %s; using the torch reference", reason)
+            _warn_fallback_once(reason)
         return "torch", reason
     return "triton", ("requested" if backend == "triton" else "CUDA and triton available")
 

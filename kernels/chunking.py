@@ -2,7 +2,7 @@
 
 Tokens arrive in T-major raster order of a (T, H, W) grid. BSA groups them into 3D chunks of
 (t, h, w) tokens: chunks are ordered raster over the chunk grid (T/t, H/h, W/w), tokens inside a
-chunk raster over (t, h, w) — the official LongCat order (reference/longcat.md §5.3).
+chunk raster over (t, h, w) — the official LongCat order.
 
 Deviation from the official code, which asserts divisibility: when an axis is not a multiple of
 the chunk, the grid is padded per axis to the next multiple. Inside each chunk the *real* tokens

@@ -1,6 +1,6 @@
 """BSA gating: which key chunks each query chunk attends to.
 
-Official semantics (reference/longcat.md §5.4), per (batch, head, query chunk):
+Official semantics (docs/kernels.md, API), per (batch, head, query chunk):
 
 1. mean-pool q and k over each chunk (in the input dtype),
 2. score = q̄ · k̄ᵀ (input dtype, no scale),

@@ -1,6 +1,6 @@
 """Triton gating for BSA: chunk mean-pooling straight from raster order, and a fused exact top-K.
 
-Same selection as kernels/gating.py (official semantics, reference/longcat.md §5.4); faster and
+Same selection as kernels/gating.py (official semantics); faster and
 leaner on CUDA:
 
 * ``pool_chunks_triton`` reads each chunk's tokens at their raster rows and writes its mean (fp32 sum, one rounding to the input dtype, like ``torch.mean`` on half types),

@@ -4,8 +4,8 @@ Self-attention (key prefix ``attn``): qkv → per-head RMSNorm on q, k → 3D Ro
 proj. The core is block-sparse (``kernels.block_sparse_attention``) when the transformer options
 carry ``longcat_bsa`` settings that apply to this block and sigma and the grid has T > 1;
 otherwise the injected dense ``attention`` function (ComfyUI's ``optimized_attention`` signature,
-so its backends and patches apply). Conditioning split and KV cache follow reference/longcat.md
-1.10 / 3.4. Cross-attention (``cross_attn``) is always dense and has no RoPE.
+so its backends and patches apply). Conditioning split and KV cache follow the official code
+(docs/pipelines.md). Cross-attention (``cross_attn``) is always dense and has no RoPE.
 Imports nothing from ComfyUI; ``..kernels`` is imported only when BSA runs.
 """
 

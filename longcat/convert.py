@@ -56,7 +56,7 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
         raise ValueError(f"dtype must be one of {list(DTYPE_NAMES)}, got {dtype}")
     dst = Path(dst)
     if dst.exists() and not overwrite:
-        raise ValueError(f"output {dst} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ValueError(f"output {dst} exists; pass overwrite=True to replace it")
     if dst.suffix != ".safetensors":
         raise ValueError(f"output must end with .safetensors, got {dst.name}")
     if not dst.parent.is_dir():

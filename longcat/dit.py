@@ -1,12 +1,11 @@
 """The LongCat-Video DiT: 48 single-stream blocks with per-frame adaLN, 3D RoPE and text cross-attention.
 
-Math and state-dict names follow reference/longcat.md §1 and the §8 invariants; the constructor and
+Math and state-dict names follow the official LongCat-Video DiT (docs/model.md); the constructor and
 forward follow docs/ARCHITECTURE.md. Layers come from injected ``operations`` and the dense
 attention function is injected too, so ComfyUI's casting, fp8, offload, attention backends and
 block patches all apply. Imports nothing from ComfyUI.
 
-Deliberate deviations from the official forward (reference/longcat.md 1.1, 1.4), each pinned by
-a test:
+Deliberate deviations from the official forward, each pinned by a test:
 - The DiT computes in ``x``'s dtype; the official one casts ``x`` to its weight dtype, so fp8 or
   mixed-dtype weights run here in bf16 (tests/longcat/test_dit.py
   ``test_bf16_model_keeps_fp32_islands_and_returns_fp32``, ``test_fp8_weights_with_cast_ops_run``).
@@ -169,7 +168,7 @@ class LongCatVideoDiT(nn.Module):
 
     def build_kv_cache(self, cond_latents, transformer_options=None, offload=False):
         """The continuation KV cache: run the conditioning latents ``[B, C_in, Tc, H, W]`` alone at
-        t = 0 without cross-attention (reference/longcat.md 3.4) → ``{block: (k, v)}``."""
+        t = 0 without cross-attention (as the official pipeline does) → ``{block: (k, v)}``."""
         zeros = torch.zeros(cond_latents.shape[0], device=cond_latents.device)
         _, cache = self.forward(cond_latents, zeros, None, return_kv=True, skip_cross_attn=True,
                                 transformer_options=transformer_options, offload_kv_cache=offload)

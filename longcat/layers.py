@@ -2,7 +2,7 @@
 
 Every Linear / Conv3d / LayerNorm comes from an injected ``operations`` namespace (``torch.nn`` in
 tests, ``comfy.ops.*`` inside ComfyUI) so the loader decides casting, fp8 and offload. Attribute
-names follow the official state-dict keys (reference/longcat.md 1.8). Imports nothing from ComfyUI.
+names follow the official state-dict keys (docs/model.md). Imports nothing from ComfyUI.
 
 The official model runs several parts in fp32 even when its weights are bf16 ("fp32 islands"):
 adaLN modulation, the LayerNorms, the timestep embedder and the final layer. ``linear_fp32`` and

@@ -1,4 +1,4 @@
-"""3D rotary position embedding of the LongCat DiT (reference/longcat.md 1.6).
+"""3D rotary position embedding of the LongCat DiT (the official ``rope_3d.py``).
 
 Head features split ``[t | h | w]`` with ``dim_t = D − 4·(D//6)`` and ``dim_h = dim_w = 2·(D//6)``
 (44/42/42 at D = 128), θ = 10000, integer grid positions from 0, interleaved (GPT-J) pairs:

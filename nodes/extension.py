@@ -3,10 +3,11 @@
 import logging
 import os
 
+import comfy.model_management
 from comfy_api.latest import ComfyExtension, io
 
 from . import bsa, conditioning, loading, long_video, refinement, sampling, testing
-from .logic import triton_available
+from .logic import startup_kernel_note, triton_available
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,6 @@ class LongCatExtension(ComfyExtension):
                  *refinement.NODES, *long_video.NODES]
         if os.environ.get(testing.TEST_NODES_ENV) == "1":
             nodes += testing.NODES
-        log.info("LongCat-Video: %d nodes; BSA kernel: %s", len(nodes),
-                 "Triton available" if triton_available()
-                 else "Triton not installed, BSA uses the torch reference")
+        cuda = comfy.model_management.get_torch_device().type == "cuda"  # --cpu included
+        log.info("LongCat-Video: %d nodes; %s", len(nodes), startup_kernel_note(cuda, triton_available()))
         return nodes

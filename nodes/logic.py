@@ -24,7 +24,7 @@ from ..longcat.frames import (
 )
 from ..longcat.long_video import refine_windows
 
-# umT5 sequence length the official pipeline pads every prompt to (reference/longcat.md 2.1).
+# umT5 sequence length the official pipeline pads every prompt to.
 TEXT_TOKENS = 512
 
 # The loader widget's choices: "default" plus names of convert.DTYPE_NAMES (the converter's --dtype).
@@ -156,6 +156,15 @@ def expected_backend(backend: str, cuda: bool, triton: bool) -> tuple[str, str]:
         return "triton", "auto: CUDA and Triton available"
     missing = "no CUDA device" if not cuda else "Triton not installed"
     return "torch", f"auto: {missing}, using the torch reference (slow, same results)"
+
+
+def startup_kernel_note(cuda: bool, triton: bool) -> str:
+    """The start-up log's word on what BSA (backend auto) will run on this machine."""
+    path, _ = expected_backend("auto", cuda, triton)
+    if path == "triton":
+        return "BSA kernel: Triton (CUDA device and Triton found)"
+    missing = "no CUDA device" if not cuda else "Triton not installed"
+    return f"BSA kernel: torch reference, same results but slower ({missing})"
 
 
 def describe_settings(settings: BSASettings, enabled: bool, cuda: bool, triton: bool) -> str:

@@ -1,6 +1,6 @@
 """LongCat-Video as a native ComfyUI MODEL: config class, BaseModel subclass, loader.
 
-Follows ComfyUI's three layers (STYLE.md §2): ``LongCatVideoConfig`` declares (latent format
+Follows ComfyUI's three layers for a native model: ``LongCatVideoConfig`` declares (latent format
 Wan21, flow sampling with shift 12, dtypes), ``LongCatVideoModel`` turns CONDITIONING into the
 DiT's keyword arguments (``extra_conds``) and applies the sampling convention, and
 ``longcat.dit.LongCatVideoDiT`` is the math, built from ``comfy.ops`` operations with ComfyUI's
@@ -12,7 +12,7 @@ Kijai's Wan-style LoRA names (``install_lora_key_map``).
 
 Sampling convention (checked against comfy/model_sampling.py ``CONST``): ComfyUI computes
 ``denoised = x - sigma * out`` and feeds ``timestep = sigma * 1000``; the official DiT output v
-satisfies ``x0 = x + sigma * v`` (reference/longcat.md 2.3), so the stock-sampler path returns
+satisfies ``x0 = x + sigma * v`` (docs/pipelines.md), so the stock-sampler path returns
 ``out = -v``. Our own sampler asks for the raw official output through ``RAW_OUTPUT_KEY``.
 """
 

@@ -312,6 +312,8 @@ def main() -> None:
             print(f"wrote {path}")
     if stale:
         sys.exit(f"out of date (run scripts/build_workflows.py): {stale}")
+    if args.check:
+        print(f"{len(WORKFLOWS)} workflows up to date")
 
 
 if __name__ == "__main__":

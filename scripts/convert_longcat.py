@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if Path(args.dst).exists() and not args.overwrite:
+        print(f"error: {args.dst} exists; add --overwrite to replace it", file=sys.stderr)
+        return 2
     try:
         out = convert(args.src, args.dst, DTYPE_NAMES[args.dtype], overwrite=args.overwrite)
     except ValueError as err:

@@ -15,7 +15,7 @@ CFG_LORA = {"name": "cfg_step_lora.safetensors", "directory": "loras",
 REFINE_LORA = {"name": "refinement_lora.safetensors", "directory": "loras",
                "url": f"{HF_LONGCAT}/resolve/main/lora/refinement_lora.safetensors?download=true"}
 
-# The official demos' negative prompt (reference/longcat.md 3.8), used with guidance 4.
+# The official demos' negative prompt, used with guidance 4.
 NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, "
             "paintings, images, static, overall gray, worst quality, low quality, JPEG "
             "compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly "

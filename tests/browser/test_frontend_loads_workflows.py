@@ -6,7 +6,8 @@ the file with ``app.loadGraphData`` and checks, from the frontend's own state:
 * missing node types: the list the frontend passes to ``afterConfigureGraph`` (the one behind the
   "Some Nodes Are Missing" dialog) and ``has_errors`` placeholders are both empty;
 * widgets: after loading, every node serialises the same ``widgets_values`` as the file (the
-  frontend rewrites values it cannot place or that are invalid);
+  frontend rewrites values it cannot place or that are invalid); a newer frontend's own widgets
+  on stock nodes (PreviewAny's preview toggles since 1.35) are tolerated, see ``comfy_drift``;
 * the prompt the frontend would queue (``app.graphToPrompt``) equals comfy-cli's conversion;
 * the "Missing Models" dialog (the server has no model files) lists exactly the files declared
   in ``properties.models``, each downloadable (no frontend error such as a bad folder or source).
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 import pytest
+from comfy_drift import widget_changes
 
 pytestmark = pytest.mark.browser
 
@@ -45,6 +47,7 @@ LOAD_AND_INSPECT = """async ([workflow, name]) => {
         missing,
         placeholders: app.graph.nodes.filter(n => n.has_errors).map(n => n.type),
         widgets: Object.fromEntries(nodes.map(n => [n.id, n.widgets_values ?? []])),
+        widgetNames: Object.fromEntries(app.graph.nodes.map(n => [n.id, (n.widgets ?? []).map(w => w.name)])),
         prompt: (await app.graphToPrompt()).output,
     };
 }"""
@@ -103,15 +106,20 @@ def test_frontend_loads_workflow(path, chromium, frontend_server):
         context.close()
     assert state["missing"] == [], f"missing node types: {state['missing']}"
     assert state["placeholders"] == [], f"placeholder (error) nodes: {state['placeholders']}"
-    changed = {n["id"]: (n.get("widgets_values"), state["widgets"].get(str(n["id"])))
-               for n in workflow["nodes"]
-               if state["widgets"].get(str(n["id"])) != (n.get("widgets_values") or [])}
-    assert not changed, f"widgets changed by the frontend (file, loaded): {changed}"
+    object_info = frontend_server.get("/object_info")
+    changed = {}
+    for node in workflow["nodes"]:
+        key = str(node["id"])
+        why = ("missing after loading" if key not in state["widgets"] else
+               widget_changes(node, state["widgets"][key], state["widgetNames"][key],
+                              object_info.get(node["type"])))
+        if why:
+            changed[f"{node['id']} ({node['type']})"] = why
+    assert not changed, f"widgets changed by the frontend: {changed}"
     assert {m["label"] for m in missing_models} == _declared_models(workflow), missing_models
     assert all(m["error"] is None for m in missing_models), missing_models
     assert shot.stat().st_size > 50_000, f"{shot} looks empty"
     convert = pytest.importorskip("comfy_cli.workflow_to_api").convert_ui_to_api
-    object_info = frontend_server.get("/object_info")
     expected = _schema_inputs(convert(workflow, object_info), object_info)
     assert _schema_inputs(state["prompt"], object_info) == expected, (
         "the frontend's prompt differs from comfy-cli's conversion")

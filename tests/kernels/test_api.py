@@ -124,6 +124,24 @@ def test_triton_not_importable_reported(monkeypatch):
     assert report.backend == "torch" and report.reason.startswith("triton not importable")
 
 
+def test_forced_triton_fallback_warns_once_per_reason(monkeypatch, caplog):
+    """A run makes thousands of BSA calls; the fallback warning appears once per reason, not
+    once per call (every report still carries the reason)."""
+    api = sys.modules["longcat_pack.kernels.api"]
+    monkeypatch.setattr(api, "_warned_fallbacks", set())
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.delitem(sys.modules, "longcat_pack.kernels.bsa_fwd_triton", raising=False)
+    monkeypatch.delattr(sys.modules["longcat_pack.kernels"], "bsa_fwd_triton", raising=False)
+    grid = (2, 4, 4)
+    q, k, v = _qkv(grid, grid)
+    with caplog.at_level("WARNING", logger=api.logger.name):
+        reports = [block_sparse_attention(q, k, v, grid, grid, backend="triton", return_report=True)[1]
+                   for _ in range(3)]
+    warnings = [r.getMessage() for r in caplog.records if r.name == api.logger.name]
+    assert len(warnings) == 1 and "triton not importable" in warnings[0], warnings
+    assert all(r.reason.startswith("triton not importable") for r in reports)
+
+
 GOOD = {"grid_q": (2, 4, 4), "grid_k": (2, 4, 4)}
 
 

@@ -64,7 +64,7 @@ def test_at_least_one_block():
 
 
 def test_topk_count_is_official_floor():
-    assert topk_count(0.9375, 2640) == 165  # t2v refine grid, reference/longcat.md §5.4
+    assert topk_count(0.9375, 2640) == 165  # t2v refine grid: 165 of 2640 key chunks
     assert topk_count(0.9375, 2860) == 178
     assert topk_count(0.875, 1350) == 168
     assert topk_count(0.0, 7) == 7

@@ -97,7 +97,7 @@ def test_refuses_existing_output_and_bad_source(official, tmp_path):
     folder, _ = official
     dst = tmp_path / "o.safetensors"
     dst.write_bytes(b"keep me")
-    with pytest.raises(ValueError, match="exists"):
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
         convert(folder, dst)
     assert dst.read_bytes() == b"keep me"
     bad = tmp_path / "wan.safetensors"
@@ -119,4 +119,6 @@ def test_cli(official, tmp_path):
     assert done.returncode == 0, done.stderr
     assert load_file(str(dst))["final_layer.linear.weight"].dtype == torch.float16
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert again.returncode == 2 and "exists" in again.stderr
+    assert again.returncode == 2 and "exists; add --overwrite" in again.stderr, again.stderr
+    replaced = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=120, check=False)
+    assert replaced.returncode == 0, replaced.stderr

@@ -1,5 +1,5 @@
 """LongCat DiT: full-size key/shape/param count on meta, and a tiny model against an independent
-re-derivation of the official math (reference/longcat.md §1, §8)."""
+re-derivation of the official math."""
 
 import math
 
@@ -27,7 +27,7 @@ def inputs(b=2, t=3, h=4, w=6, seed=1, length=7):
 # ---------------------------------------------------------------- full size (meta device)
 
 def _expected_full_shapes():
-    """reference/longcat.md 1.8, written out from the table."""
+    """The official checkpoint's keys and shapes, written out."""
     top = {
         "x_embedder.proj.weight": (4096, 16, 1, 2, 2), "x_embedder.proj.bias": (4096,),
         "t_embedder.mlp.0.weight": (512, 256), "t_embedder.mlp.0.bias": (512,),
@@ -99,7 +99,7 @@ def _softmax_attn(q, k, v, allowed=None):
 
 
 def reference_forward(sd, x, t, ctx, mask, zero_pad=True, n_cond=0, heads=2):
-    """Official LongCat math in fp32, written from reference/longcat.md only."""
+    """Official LongCat math in fp32, written independently of longcat/dit.py."""
     b, cin, nt, H, W = x.shape
     c = sd["x_embedder.proj.weight"].shape[0]
     d = c // heads

@@ -1,4 +1,4 @@
-"""DiT self-attention dispatch to block-sparse attention (reference/longcat.md 5.8)."""
+"""DiT self-attention dispatch to block-sparse attention."""
 
 
 import pytest

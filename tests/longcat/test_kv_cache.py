@@ -1,4 +1,4 @@
-"""Conditioning split and the continuation KV cache (reference/longcat.md 1.10, 3.4, 1.6)."""
+"""Conditioning split and the continuation KV cache (official semantics, docs/pipelines.md)."""
 
 
 import pytest

@@ -1,4 +1,4 @@
-"""3D RoPE (reference/longcat.md 1.6): 44/42/42 split, θ = 10000, interleaved pairs, cache offset."""
+"""3D RoPE (official): 44/42/42 split, θ = 10000, interleaved pairs, cache offset."""
 
 import pytest
 import torch

@@ -92,6 +92,16 @@ def test_expected_backend_is_the_path_the_kernel_takes_on_cpu(backend, monkeypat
     assert path == report.backend
 
 
+@pytest.mark.parametrize("cuda, triton, expected", [
+    (True, True, "BSA kernel: Triton"),
+    (False, True, "BSA kernel: torch reference, same results but slower (no CUDA device)"),
+    (True, False, "BSA kernel: torch reference, same results but slower (Triton not installed)"),
+])
+def test_startup_note_says_what_will_run(cuda, triton, expected):
+    """ComfyUI's start-up log names the path BSA will take, not merely whether Triton exists."""
+    assert logic.startup_kernel_note(cuda, triton).startswith(expected)
+
+
 def test_describe_settings_names_the_path_and_parameters():
     settings = BSASettings(sparsity=0.875, dense_blocks={3})
     text = logic.describe_settings(settings, True, cuda=False, triton=True)

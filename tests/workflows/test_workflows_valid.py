@@ -8,6 +8,8 @@ inputs fail: a missing snapshot or workflow is an error, never a vacuous pass.
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,25 @@ def test_workflows_match_their_generator():
     stale = [name for name in build.WORKFLOWS
              if (ROOT / "workflows" / name).read_text() != build.render(name, info)]
     assert not stale, f"run `python scripts/build_workflows.py`; out of date: {stale}"
+
+
+def test_generator_check_says_up_to_date():
+    """`build_workflows.py --check` confirms success in words (it used to print nothing)."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_workflows.py"), "--check"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{len(wx.EXPECTED)} workflows up to date"
+
+
+def test_registry_metadata_lists_the_workflows_model_files():
+    """pyproject.toml's [tool.comfy] Models (what ComfyUI-Manager offers to download) names
+    every file the workflows load, from the same URL."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    listed = {m["location"]: m["model_url"] for m in
+              tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["Models"]}
+    for name in wx.EXPECTED:
+        for node in wc.load_json(ROOT / "workflows" / name)["nodes"]:
+            for model in (node.get("properties") or {}).get("models", []):
+                location = f"/{model['directory']}/{model['name']}"
+                assert location in listed, f"{name}: {location} missing from pyproject.toml Models"
+                assert listed[location] == model["url"].removesuffix("?download=true"), location

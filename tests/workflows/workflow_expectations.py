@@ -1,7 +1,7 @@
 """What each bundled workflow promises, checked by name and wiring (not by node position).
 
 Each checker takes a ``Graph`` and returns a list of problems. The numbers are the official
-defaults (reference/longcat.md 3.2-3.8): 480x832x93, 50 steps at guidance 4 with the official
+defaults (docs/workflows.md, docs/pipelines.md): 480x832x93, 50 steps at guidance 4 with the official
 negative prompt; distilled 16 steps at guidance 1 with cfg_step_lora; refinement at t_thresh 0.5,
 704x1280, 2x frames, refinement_lora + BSA (sparsity 0.9375, 4x4x4 chunks); continuation with
 13 conditioning frames, the enhance_hf schedule and the KV cache.
