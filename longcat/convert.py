@@ -39,7 +39,8 @@ def plan_layout(infos: dict, dtype: torch.dtype) -> tuple[list, dict]:
     return plan, header
 
 
-def _header_bytes(header: dict) -> bytes:
+def header_bytes(header: dict) -> bytes:
+    """The safetensors file prefix for ``header``: its length (8 bytes, little-endian), then the JSON."""
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # 8-byte aligned data start, as the safetensors writer does
     return len(raw).to_bytes(8, "little") + raw
@@ -66,7 +67,7 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
     partial = dst.with_name(dst.name + ".partial")
     try:
         with open(partial, "wb") as out:
-            out.write(_header_bytes(header))
+            out.write(header_bytes(header))
             _write_tensors(out, plan)
         os.replace(partial, dst)
     finally:
