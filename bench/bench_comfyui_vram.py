@@ -33,7 +33,8 @@ Usage (on the GPU machine, ComfyUI's Python):
     python bench/bench_comfyui_vram.py --comfyui .comfyui --out $OUT --cases 24g_fp8_lowvram,...
         [--stages distill,refine] [--steps 3] [--refine-steps 2] [--time-budget 560]
     python bench/bench_comfyui_vram.py --compare DIR [DIR ...]   # latents of several runs
-    --tiny: the whole path on the CPU with the tiny DiT (``--cpu`` server, tiny sizes).
+    --tiny: the tests' tiny DiT at tiny sizes (the GPU test runs that); with --cpu the server
+    runs on the CPU (a dry run of the whole path anywhere).
 Writes ``<out>/comfyui_vram.json`` after every stage, ``<out>/server_logs.txt`` and
 ``<out>/latents_<case>.safetensors`` (480p latents, fp16) at the end of each case.
 """
@@ -391,8 +392,21 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
         rec["vram"] = _probe(server)
     rec["monitor_peak_gib"] = monitor.peak(stage)
     rec["log"] = parse_log(_log_since(server.log_path, offset))
+    rec["dit_partially_loaded"] = dit_partial(rec["log"], rec.get("vram", {}))
     rec["outputs"] = _outputs(server, entry)
     return rec
+
+
+def dit_partial(log: dict, vram: dict) -> bool | None:
+    """Whether ComfyUI held only part of the DiT on the GPU during the stage: a partial load in
+    the log, else the state at the end of the stage; None when neither says."""
+    loads = [x for x in log["loads"] if x["model"] == DIT_MODEL]
+    if any(x["mode"] == "partially" for x in loads):
+        return True
+    held = [m for m in vram.get("models_at_end", []) if m["model"] == DIT_MODEL]
+    if held:
+        return held[0]["loaded_gib"] < held[0]["total_gib"] - 0.001
+    return False if loads else None
 
 
 def _probe(server) -> dict:
@@ -409,14 +423,14 @@ def server_setup(case: Case, args, card_total: int | None) -> tuple[list, dict]:
     """(ComfyUI options, environment) of a case: the budget as ComfyUI sees and enforces it."""
     options = ["--front-end-root", str(args.work / "frontend_stub")]
     env = {"LONGCAT_TEST_NODES": "1", "PYTHONUNBUFFERED": "1"}
-    if args.tiny:
+    if args.cpu:
         options.append("--cpu")
         env["TRITON_INTERPRET"] = "1"
     elif card_total is not None:
         reserve = max(0.0, card_total / GIB - case.budget_gib) + COMFY_DEFAULT_RESERVE_GIB
         options += ["--reserve-vram", f"{reserve:.2f}"]
         env["LONGCAT_BENCH_VRAM_GIB"] = str(case.budget_gib)
-    if case.lowvram:
+    if case.lowvram and not args.cpu:  # ComfyUI refuses --lowvram together with --cpu
         options.append("--lowvram")
     if case.fast:
         options += ["--fast", *case.fast]
@@ -429,8 +443,9 @@ def run_case(rec: dict, case: Case, args, card_total, deadline: float, save) -> 
     stages = [s for s in case.stages if not args.stages or s in args.stages]
     options, env = server_setup(case, args, card_total)
     rec.update({**asdict(case), "stages_run": stages, "server_options": options,
-                "budget_applied": not args.tiny and card_total is not None, "stages": []})
+                "budget_applied": not args.cpu and card_total is not None, "stages": []})
     log_path = args.work / "logs" / f"{name}.log"
+    log_path.parent.mkdir(exist_ok=True)
     server = ComfyServer(args.comfyui, args.work / "base", extra_env=env, python=sys.executable,
                          args=options, log_path=log_path)
     events = monitor = None
@@ -517,9 +532,7 @@ def print_table(results: dict) -> None:
         for st in case.get("stages", []):
             timing, vram = st.get("timing", {}), st.get("vram", {})
             peak = st.get("monitor_peak_gib", {})
-            log = st.get("log", {})
-            dit = ("partial" if log.get("dit_partially_loaded") else
-                   "full" if any(x["model"] == DIT_MODEL for x in log.get("loads", [])) else "-")
+            dit = {True: "partial", False: "full"}.get(st.get("dit_partially_loaded"), "-")
             print(f"{name:24} {st['stage']:12} {st.get('status', '?'):9} "
                   f"{timing.get('steps_done', 0):>5} {_fmt(timing.get('s_per_step')):>7} "
                   f"{_fmt(timing.get('first_step_s'), '.1f'):>6} "
@@ -561,7 +574,7 @@ def write_logs(out: Path, work: Path, names) -> None:
 def environment(args) -> dict:
     version = re.search(r'"([^"]+)"', (args.comfyui / "comfyui_version.py").read_text())
     env = {"torch": torch.__version__, "python": sys.version.split()[0],
-           "comfyui": version.group(1) if version else None, "tiny": args.tiny,
+           "comfyui": version.group(1) if version else None, "tiny": args.tiny, "cpu": args.cpu,
            "steps": args.steps, "refine_steps": args.refine_steps}
     handle = _nvml_handle()
     env["gpu"] = None
@@ -626,7 +639,7 @@ def run(args) -> dict:
     save()
     results["models"] = prepare(args, kinds)
     save()
-    card_total = None if args.tiny else gpu_total_bytes()
+    card_total = None if args.cpu else gpu_total_bytes()
     all_latents = {}
     for name in names:
         if deadline - time.monotonic() < (0 if args.tiny else SERVER_MIN_S) + STOP_MARGIN_S:
@@ -675,7 +688,10 @@ def main(argv=None) -> int:
     parser.add_argument("--refine-steps", type=int, default=2, help="DiT passes of the refinement")
     parser.add_argument("--time-budget", type=float, default=560.0,
                         help="seconds for everything; stages that would not fit are skipped")
-    parser.add_argument("--tiny", action="store_true", help="CPU dry run with the tiny DiT")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tests' tiny DiT at tiny sizes (a smoke test of the whole path)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="server on the CPU (--cpu, Triton interpreted, no budgets): dry run")
     parser.add_argument("--compare", nargs="+", metavar="DIR", help="compare the latents of runs")
     parser.add_argument("--write-models", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kinds", default="bf16", help=argparse.SUPPRESS)
@@ -703,6 +719,8 @@ def main(argv=None) -> int:
     args.stages = [s for s in args.stages.split(",") if s]
     if any(s not in STAGES for s in args.stages):
         parser.error(f"--stages must be among {list(STAGES)}")
+    if args.cpu and not args.tiny:
+        parser.error("--cpu runs only with --tiny (the full-size DiT on a CPU takes hours)")
     if not (args.comfyui / "main.py").is_file():
         parser.error(f"--comfyui {args.comfyui} is not a ComfyUI tree (no main.py)")
     # A stop request (SIGTERM) unwinds through the finally blocks, which stop the servers.
