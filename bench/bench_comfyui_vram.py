@@ -40,33 +40,45 @@ Writes ``<out>/comfyui_vram.json`` after every stage, ``<out>/server_logs.txt`` 
 """
 
 import argparse
-import asyncio
-import contextlib
-import itertools
 import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests" / "comfyui"))
 from comfy_server import ComfyServer
+from comfyui_bench_metrics import (
+    CLIENT_ID,
+    GIB,
+    EventLog,
+    Monitor,
+    dit_partial,
+    gpu_info,
+    node_timings,
+    parse_log,
+    step_timing,
+)
 from comfyui_bench_models import DIT_FILES, write_models
-from comfyui_bench_stages import STAGES, build_prompt, main_node_id
+from comfyui_bench_report import (
+    collect_latents,
+    compare,
+    compare_dirs,
+    print_table,
+    write_logs,
+)
+from comfyui_bench_stages import SAVE_LATENT_ID, STAGES, build_prompt, main_node_id
 
-GIB = 2**30
-CLIENT_ID = "longcat-vram-bench"
 COMFY_DEFAULT_RESERVE_GIB = 0.4  # ComfyUI's own reserve on Linux (model_management.py)
 PROBE = Path(__file__).resolve().parent / "comfy_vram_probe"
 # Seconds a stage needs at full size, to skip it rather than start it too late.
@@ -86,6 +98,12 @@ class Case:
     fast: tuple = ()
 
 
+def case_fields(case: Case) -> dict:
+    """A case's settings for the results (its stage names go to ``stages_planned``)."""
+    fields = asdict(case)
+    return {**fields, "stages_planned": fields.pop("stages")}
+
+
 CASES = {
     # 24 GB (RTX 3090 / 4090): fp8 weights and --lowvram, as the README advises.
     "24g_fp8_lowvram": Case(24, "fp8", "fp8_e4m3fn", ("distill", "refine"), lowvram=True),
@@ -103,205 +121,6 @@ CASES = {
     "80g_fp8_fast": Case(80, "fp8", "fp8_e4m3fn", ("distill",), fast=("fp8_matrix_mult",)),
     "48g_bf16_lowvram_refine": Case(48, "bf16", "default", ("distill", "refine"), lowvram=True),
 }
-
-
-class Monitor(threading.Thread):
-    """Polls the server's RSS (/proc) and GPU memory (NVML) and keeps the peaks per label."""
-
-    def __init__(self, pid: int, interval: float = 0.2):
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.label, self.peaks, self.vmhwm = None, {}, 0
-        self._halt = threading.Event()
-        self._lock = threading.Lock()
-        self._nvml = _nvml_handle()
-
-    def set_label(self, label: str) -> None:
-        with self._lock:
-            self.label = label
-            self.peaks[label] = {}
-
-    def peak(self, label: str) -> dict:
-        with self._lock:
-            return {k: round(v / GIB, 3) for k, v in self.peaks.get(label, {}).items()}
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            sample = _proc_memory(self.pid)
-            if not sample:
-                return  # the process is gone
-            self.vmhwm = max(self.vmhwm, sample.pop("vmhwm", 0))
-            sample.update(_gpu_memory(self._nvml, self.pid))
-            with self._lock:
-                peaks = self.peaks.setdefault(self.label, {})
-                for key, value in sample.items():
-                    peaks[key] = max(peaks.get(key, 0), value)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(5)
-
-
-def _nvml_handle():
-    """NVML's handle of GPU 0, or None without NVML (CPU dry run: GPU memory is not polled)."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetHandleByIndex(0)
-    except pynvml.NVMLError:
-        return None
-
-
-def _proc_memory(pid: int) -> dict:
-    fields = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "VmHWM": "vmhwm"}
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    out = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key in fields:
-            out[fields[key]] = int(value.split()[0]) * 1024
-    return out
-
-
-def _gpu_memory(handle, pid: int) -> dict:
-    if handle is None:
-        return {}
-    import pynvml
-
-    out = {"gpu_device_used": pynvml.nvmlDeviceGetMemoryInfo(handle).used}
-    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-        if proc.pid == pid and proc.usedGpuMemory:
-            out["gpu_process_used"] = proc.usedGpuMemory
-    return out
-
-
-def gpu_total_bytes() -> int | None:
-    handle = _nvml_handle()
-    if handle is None:
-        return None
-    import pynvml
-
-    return pynvml.nvmlDeviceGetMemoryInfo(handle).total
-
-
-class EventLog(threading.Thread):
-    """The server's websocket messages for our client id, each with its arrival time."""
-
-    def __init__(self, url: str):
-        super().__init__(daemon=True)
-        self.url = url.replace("http://", "ws://") + f"/ws?clientId={CLIENT_ID}"
-        self.events = []
-        self.connected = threading.Event()
-        self._loop = self._ws = None
-
-    def run(self) -> None:
-        asyncio.run(self._listen())
-
-    async def _listen(self) -> None:
-        import aiohttp
-
-        self._loop = asyncio.get_running_loop()
-        async with (aiohttp.ClientSession() as session,
-                    session.ws_connect(self.url, heartbeat=30, max_msg_size=0) as ws):
-            self._ws = ws
-            self.connected.set()
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    data = json.loads(msg.data)
-                    self.events.append((time.monotonic(), data.get("type"), data.get("data") or {}))
-
-    def of_prompt(self, prompt_id: str) -> list:
-        return [e for e in list(self.events) if e[2].get("prompt_id") == prompt_id]
-
-    def stop(self) -> None:
-        if self._loop is not None and self._ws is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError, TimeoutError):  # closed with the server
-                asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop).result(5)
-        self.join(5)
-
-
-def node_timings(events: list, prompt: dict) -> list:
-    """Executed nodes in order with their wall time (start to the next node's start)."""
-    nodes, current = [], None
-    for t, kind, data in events:
-        ends = kind in ("executing", "execution_success", "execution_error", "execution_interrupted")
-        if ends and current is not None:
-            current["seconds"] = round(t - current.pop("_start"), 3)
-            nodes.append(current)
-            current = None
-        if kind == "executing" and data.get("node") is not None:
-            node_id = str(data["node"])
-            current = {"id": node_id, "class_type": prompt.get(node_id, {}).get("class_type"), "_start": t}
-        if kind == "execution_cached":
-            nodes += [{"id": str(n), "class_type": prompt.get(str(n), {}).get("class_type"), "cached": True}
-                      for n in data.get("nodes", [])]
-    if current is not None:
-        current.pop("_start")
-        nodes.append({**current, "seconds": None, "unfinished": True})
-    return nodes
-
-
-def step_timing(events: list, node_id: str, steps: int) -> dict:
-    """s/step of ``node_id`` from its progress messages with ``max == steps`` (a tiled VAE's own
-    progress inside the refine node has another max)."""
-    start = next((t for t, k, d in events if k == "executing" and str(d.get("node")) == node_id), None)
-    after = [t for t, k, d in events if start is not None and t > start
-             and k in ("executing", "execution_success", "execution_error", "execution_interrupted")]
-    end = after[0] if after else None
-    done = [t for t, k, d in events if k == "progress" and str(d.get("node")) == node_id
-            and d.get("max") == steps]
-    intervals = [b - a for a, b in itertools.pairwise(done)]
-    out = {"steps_done": len(done), "steps_planned": steps,
-           "step_intervals_s": [round(x, 3) for x in intervals],
-           "s_per_step": round(sum(intervals) / len(intervals), 3) if intervals else None,
-           "first_step_s": round(done[0] - start, 3) if done and start is not None else None,
-           "after_last_step_s": round(end - done[-1], 3) if done and end is not None else None}
-    if out["s_per_step"] is not None and out["first_step_s"] is not None:
-        out["before_first_step_s"] = round(out["first_step_s"] - out["s_per_step"], 3)
-    return out
-
-
-LOAD_LINE = re.compile(r"loaded (partially|completely) (\S+) (\S+) (\S+)")
-REQUEST_LINE = re.compile(r"Requested to load (\S+)")
-DIT_MODEL = "LongCatVideoModel"
-
-
-def parse_log(text: str) -> dict:
-    """What ComfyUI's log says about loading, offloading, fallbacks and errors."""
-    loads, requested = [], None
-    out = {"vae_tiled_fallback": [], "fp8_op_exceptions": 0, "fp8_op_exception_first": None,
-           "oom_unloads": 0, "errors": [], "prompt_executed_s": [], "pack_loader": []}
-    for line in text.splitlines():
-        if m := REQUEST_LINE.search(line):
-            requested = m.group(1)
-        elif m := LOAD_LINE.search(line):
-            loaded_mb = float(m.group(3))
-            # Re-loads after a VAE pass log no "Requested" line: a multi-GB load is the DiT's.
-            model = DIT_MODEL if loaded_mb > 1024 else requested
-            loads.append({"model": model, "mode": m.group(1), "loaded_mb": round(loaded_mb),
-                          "budget_mb": round(float(m.group(2))) if m.group(1) == "partially" else None})
-        elif "retrying with tiled VAE" in line:
-            out["vae_tiled_fallback"].append(line.strip())
-        elif "Exception during fp8 op" in line:
-            out["fp8_op_exceptions"] += 1
-            out["fp8_op_exception_first"] = out["fp8_op_exception_first"] or line.strip()
-        elif "Got an OOM" in line:
-            out["oom_unloads"] += 1
-        elif "!!! Exception during processing !!!" in line:
-            out["errors"].append(line.strip())
-        elif m := re.search(r"Prompt executed in ([\d.]+) seconds", line):
-            out["prompt_executed_s"].append(float(m.group(1)))
-        elif "LongCat-Video" in line and "weights" in line and "offload" in line:
-            out["pack_loader"].append(line.strip())
-    out["loads"] = loads
-    out["dit_partially_loaded"] = any(x["model"] == DIT_MODEL and x["mode"] == "partially" for x in loads)
-    return out
 
 
 def _log_since(path: Path, offset: int) -> str:
@@ -344,7 +163,7 @@ def _outputs(server: ComfyServer, entry: dict) -> dict:
     latents, videos, texts = {}, [], []
     for node_id, output in entry.get("outputs", {}).items():
         for item in output.get("latents", []):
-            source = str(int(node_id) - 1000)
+            source = str(int(node_id) - SAVE_LATENT_ID)
             latents[source] = str(server.base_dir / "output" / item["subfolder"] / item["filename"])
         videos += [item["filename"] for item in output.get("images", []) if item["filename"].endswith(".mp4")]
         texts += ["".join(output["text"])] if "text" in output else []
@@ -397,18 +216,6 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
     return rec
 
 
-def dit_partial(log: dict, vram: dict) -> bool | None:
-    """Whether ComfyUI held only part of the DiT on the GPU during the stage: a partial load in
-    the log, else the state at the end of the stage; None when neither says."""
-    loads = [x for x in log["loads"] if x["model"] == DIT_MODEL]
-    if any(x["mode"] == "partially" for x in loads):
-        return True
-    held = [m for m in vram.get("models_at_end", []) if m["model"] == DIT_MODEL]
-    if held:
-        return held[0]["loaded_gib"] < held[0]["total_gib"] - 0.001
-    return False if loads else None
-
-
 def _probe(server) -> dict:
     raw = server.get("/bench/vram")
     out = {k: round(raw[k] / GIB, 3) for k in ("allocated", "reserved", "max_allocated", "max_reserved")
@@ -437,12 +244,34 @@ def server_setup(case: Case, args, card_total: int | None) -> tuple[list, dict]:
     return options, env
 
 
+def run_stages(rec: dict, stages, session, case: Case, args, deadline: float, save) -> None:
+    """The case's stages in order on one server; a stage that would not fit in time is skipped."""
+    server, events, monitor = session
+    object_info = server.get("/object_info")
+    for stage in stages:
+        left = deadline - time.monotonic()
+        need = 0 if args.tiny else STAGE_MIN_S[stage]
+        if left < need + STOP_MARGIN_S:
+            rec["stages"].append({"stage": stage, "status": "skipped",
+                                  "error": f"{left:.0f}s left, stage needs ~{need}s"})
+            continue
+        try:
+            rec["stages"].append(run_stage(server, events, monitor, rec["case"], case, stage,
+                                           object_info, args, deadline))
+        except (OSError, ValueError, KeyError) as err:  # the bench's own failure: recorded
+            rec["stages"].append({"stage": stage, "status": "bench_error",
+                                  "error": f"{type(err).__name__}: {err}"})
+        save()
+        if server.proc.poll() is not None:
+            return
+
+
 def run_case(rec: dict, case: Case, args, card_total, deadline: float, save) -> None:
     """Run one case's stages on a fresh server, filling ``rec`` (saved after every stage)."""
     name = rec["case"]
     stages = [s for s in case.stages if not args.stages or s in args.stages]
     options, env = server_setup(case, args, card_total)
-    rec.update({**asdict(case), "stages_run": stages, "server_options": options,
+    rec.update({**case_fields(case), "stages_run": stages, "server_options": options,
                 "budget_applied": not args.cpu and card_total is not None, "stages": []})
     log_path = args.work / "logs" / f"{name}.log"
     log_path.parent.mkdir(exist_ok=True)
@@ -459,20 +288,8 @@ def run_case(rec: dict, case: Case, args, card_total, deadline: float, save) -> 
             raise RuntimeError("websocket did not connect")
         monitor = Monitor(server.proc.pid)
         monitor.start()
-        object_info = server.get("/object_info")
         rec["probe_at_start"] = server.get("/bench/vram")
-        for stage in stages:
-            left = deadline - time.monotonic()
-            need = 0 if args.tiny else STAGE_MIN_S[stage]
-            if left < need + STOP_MARGIN_S:
-                rec["stages"].append({"stage": stage, "status": "skipped",
-                                      "error": f"{left:.0f}s left, stage needs ~{need}s"})
-                continue
-            rec["stages"].append(run_stage(server, events, monitor, name, case, stage,
-                                           object_info, args, deadline))
-            save()
-            if server.proc.poll() is not None:
-                break
+        run_stages(rec, stages, (server, events, monitor), case, args, deadline, save)
     except Exception as err:  # noqa: BLE001 - recorded, the next case still runs
         rec["error"] = f"{type(err).__name__}: {err}"
         rec["log_tail"] = server.log_tail(80)
@@ -488,104 +305,15 @@ def run_case(rec: dict, case: Case, args, card_total, deadline: float, save) -> 
         rec["log_summary"] = parse_log(log_path.read_text(errors="replace"))
 
 
-def collect_latents(rec: dict) -> dict:
-    """{"stage/node": fp32 tensor} of a case's returned stages (480p latents)."""
-    out = {}
-    for stage in rec.get("stages", []):
-        for node, path in (stage.get("outputs") or {}).get("latents", {}).items():
-            if Path(path).is_file():
-                out[f"{stage['stage']}/{node}"] = load_file(path)["latent_tensor"].float()
-    return out
-
-
-def compare(latents: dict, cases: dict) -> list:
-    """Relative L2 difference of each case's latents to the bf16 run of the same stage node, and
-    of a ``--fast`` case to the same weights without ``--fast``."""
-    rows = []
-    keys = {k for per_case in latents.values() for k in per_case}
-    for key in sorted(keys):
-        have = [c for c in latents if key in latents[c]]
-        ref = next((c for c in have if cases[c]["dit"] == "bf16" and not cases[c]["fast"]), None)
-        for name in have:
-            refs = [ref] if ref and ref != name else []
-            if cases[name]["fast"]:
-                refs += [c for c in have if not cases[c]["fast"] and c != ref
-                         and (cases[c]["dit"], cases[c]["budget_gib"], cases[c]["lowvram"])
-                         == (cases[name]["dit"], cases[name]["budget_gib"], cases[name]["lowvram"])]
-            for other in refs:
-                a, b = latents[name][key], latents[other][key]
-                rows.append({"latent": key, "case": name, "reference": other,
-                             "rel_l2": (a - b).norm().item() / max(b.norm().item(), 1e-30),
-                             "max_abs": (a - b).abs().max().item(),
-                             "finite": bool(torch.isfinite(a).all())})
-    return rows
-
-
-def _fmt(value, spec=".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_table(results: dict) -> None:
-    print(f"\n{'case':24} {'stage':12} {'status':9} {'steps':>5} {'s/step':>7} {'1st':>6} "
-          f"{'after':>6} {'decode':>6} {'torchG':>7} {'procG':>6} {'ramG':>6} {'DiT':8}")
-    for name, case in results["cases"].items():
-        for st in case.get("stages", []):
-            timing, vram = st.get("timing", {}), st.get("vram", {})
-            peak = st.get("monitor_peak_gib", {})
-            dit = {True: "partial", False: "full"}.get(st.get("dit_partially_loaded"), "-")
-            print(f"{name:24} {st['stage']:12} {st.get('status', '?'):9} "
-                  f"{timing.get('steps_done', 0):>5} {_fmt(timing.get('s_per_step')):>7} "
-                  f"{_fmt(timing.get('first_step_s'), '.1f'):>6} "
-                  f"{_fmt(timing.get('after_last_step_s'), '.1f'):>6} {_fmt(st.get('vae_decode_s'), '.1f'):>6} "
-                  f"{_fmt(vram.get('max_allocated')):>7} {_fmt(peak.get('gpu_process_used')):>6} "
-                  f"{_fmt(peak.get('rss_anon')):>6} {dit:8}")
-            if st.get("error"):
-                err = st["error"]
-                text = err if isinstance(err, str) else f"{err.get('exception_type')}: {err.get('exception_message')}"
-                print(f"{'':24}   error: {str(text).strip().splitlines()[0][:150] if str(text).strip() else ''}")
-        if case.get("error"):
-            print(f"{name:24} case error: {case['error'][:200]}")
-    for row in results.get("comparisons", []):
-        print(f"latent {row['latent']:20} {row['case']:24} vs {row['reference']:24} rel L2 "
-              f"{row['rel_l2']:.4f} max|d| {row['max_abs']:.3g} finite {row['finite']}")
-
-
-def write_logs(out: Path, work: Path, names) -> None:
-    """All server logs in one file, runs of identical lines collapsed (the fp8 fallback repeats)."""
-    with open(out / "server_logs.txt", "w") as dst:
-        for name in names:
-            path = work / "logs" / f"{name}.log"
-            if not path.exists():
-                continue
-            dst.write(f"\n===== {name} =====\n")
-            previous, repeats = None, 0
-            for line in path.read_text(errors="replace").splitlines():
-                if line == previous:
-                    repeats += 1
-                    continue
-                if repeats:
-                    dst.write(f"[previous line repeated {repeats} more times]\n")
-                dst.write(line + "\n")
-                previous, repeats = line, 0
-            if repeats:
-                dst.write(f"[previous line repeated {repeats} more times]\n")
-
-
 def environment(args) -> dict:
     version = re.search(r'"([^"]+)"', (args.comfyui / "comfyui_version.py").read_text())
-    env = {"torch": torch.__version__, "python": sys.version.split()[0],
-           "comfyui": version.group(1) if version else None, "tiny": args.tiny, "cpu": args.cpu,
-           "steps": args.steps, "refine_steps": args.refine_steps}
-    handle = _nvml_handle()
-    env["gpu"] = None
-    if handle is not None:
-        import pynvml
-
-        env["gpu"] = pynvml.nvmlDeviceGetName(handle)
-        env["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        env["gpu_total_gib"] = round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / GIB, 2)
-    env["disk_free_gib"] = round(shutil.disk_usage(args.work).free / GIB, 1)
-    return env
+    gpu = gpu_info()
+    return {"torch": torch.__version__, "python": sys.version.split()[0],
+            "comfyui": version.group(1) if version else None, "tiny": args.tiny, "cpu": args.cpu,
+            "steps": args.steps, "refine_steps": args.refine_steps, "gpu": gpu.get("gpu"),
+            "driver": gpu.get("driver"),
+            "gpu_total_gib": round(gpu["gpu_total_bytes"] / GIB, 2) if gpu else None,
+            "disk_free_gib": round(shutil.disk_usage(args.work).free / GIB, 1)}
 
 
 def prepare(args, kinds) -> dict:
@@ -639,12 +367,12 @@ def run(args) -> dict:
     save()
     results["models"] = prepare(args, kinds)
     save()
-    card_total = None if args.cpu else gpu_total_bytes()
+    card_total = None if args.cpu else gpu_info().get("gpu_total_bytes")
     all_latents = {}
     for name in names:
         if deadline - time.monotonic() < (0 if args.tiny else SERVER_MIN_S) + STOP_MARGIN_S:
-            results["cases"][name] = {"case": name, **asdict(CASES[name]), "status": "skipped",
-                                      "error": "time budget used up"}
+            results["cases"][name] = {"case": name, **case_fields(CASES[name]), "stages": [],
+                                      "status": "skipped", "error": "time budget used up"}
             continue
         results["cases"][name] = rec = {"case": name}
         run_case(rec, CASES[name], args, card_total, deadline, save)
@@ -660,19 +388,6 @@ def run(args) -> dict:
     results["total_s"] = round(time.monotonic() - start, 1)
     save()
     return results
-
-
-def compare_dirs(dirs) -> dict:
-    """``--compare``: latents returned by several runs (their ``latents_*.safetensors``)."""
-    cases, latents = {}, {}
-    for folder in map(Path, dirs):
-        results = json.loads((folder / "comfyui_vram.json").read_text())
-        for name, rec in results["cases"].items():
-            file = folder / f"latents_{name}.safetensors"
-            if file.is_file() and "dit" in rec:
-                cases[name] = rec
-                latents[name] = {k: v.float() for k, v in load_file(str(file)).items()}
-    return {"cases": {}, "comparisons": compare(latents, cases)}
 
 
 def main(argv=None) -> int:
