@@ -34,7 +34,7 @@ def test_fp8_file_is_what_the_converter_makes_of_the_bf16_file(tmp_path):
 
 def test_random_dit_has_the_official_layout_and_runs(tmp_path):
     path = models.write_dit(tmp_path, ["bf16"], TINY, "cpu")["bf16"]
-    infos, config = weights.inspect_checkpoint(path)
+    infos, _ = weights.inspect_checkpoint(path)
     assert {k: v.shape for k, v in infos.items()} == models.dit_shapes(TINY)
     dit = weights.load_dit(path, torch.float32)
     out = dit(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 8, 32))
@@ -94,13 +94,13 @@ def test_step_timing_excludes_loading_and_the_first_step():
 
 
 def test_log_parsing_finds_partial_dit_loads_after_a_vae_pass():
-    log = "\n".join([
-        "Requested to load LongCatVideoModel", "loaded partially 17000.5 16990.2 0",
-        "Requested to load WanVAE", "loaded completely 9.5367431640625e+25 242.1 True",
-        "loaded partially 15000.0 14980.0 0",  # the DiT again, no "Requested" line
-        "Warning: Ran out of memory when regular VAE decoding, retrying with tiled VAE decoding.",
-        "Exception during fp8 op: Bias is not supported when out_dtype is set to Float32",
-        "Prompt executed in 12.50 seconds"])
+    lines = ["Requested to load LongCatVideoModel", "loaded partially 17000.5 16990.2 0",
+             "Requested to load WanVAE", "loaded completely 9.5367431640625e+25 242.1 True",
+             "loaded partially 15000.0 14980.0 0",  # the DiT again, no "Requested" line
+             "Warning: Ran out of memory when regular VAE decoding, retrying with tiled VAE decoding.",
+             "Exception during fp8 op: Bias is not supported when out_dtype is set to Float32",
+             "Prompt executed in 12.50 seconds"]
+    log = "\n".join(lines)
     parsed = metrics.parse_log(log)
     assert [(x["model"], x["mode"]) for x in parsed["loads"]] == [
         ("LongCatVideoModel", "partially"), ("WanVAE", "completely"), ("LongCatVideoModel", "partially")]
