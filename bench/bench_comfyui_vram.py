@@ -120,6 +120,8 @@ CASES = {
     "80g_fp8": Case(80, "fp8", "fp8_e4m3fn", ("distill",)),
     "80g_fp8_fast": Case(80, "fp8", "fp8_e4m3fn", ("distill",), fast=("fp8_matrix_mult",)),
     "48g_bf16_lowvram_refine": Case(48, "bf16", "default", ("distill", "refine"), lowvram=True),
+    # Without --lowvram: in ComfyUI 0.3.64 the default mode also loads partially when needed.
+    "24g_fp8": Case(24, "fp8", "fp8_e4m3fn", ("distill",)),
 }
 
 

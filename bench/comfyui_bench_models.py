@@ -50,6 +50,8 @@ LORA_FILES = ("cfg_step_lora.safetensors", "refinement_lora.safetensors")
 VAE_FILE = "wan_2.1_vae.safetensors"
 VIDEO_FILE = "input_video.mp4"
 LORA_RANK, TINY_LORA_RANK, LORA_ALPHA_SCALE = 128, 4, 0.5
+# --tiny: the tests' tiny DiT, 128 wide so that its head_dim (64) takes the Triton BSA kernel.
+TINY_DIT = {**tiny_models.DIT_CONFIG, "hidden_size": 128}
 # The Linears a LoRA targets in each block, with the number of fused parts of the output.
 LORA_TARGETS = {"attn.qkv": 3, "attn.proj": 1, "cross_attn.q_linear": 1, "cross_attn.kv_linear": 2,
                 "cross_attn.proj": 1, "ffn.w1": 1, "ffn.w2": 1, "ffn.w3": 1,
@@ -217,7 +219,7 @@ def write_models(base: Path, kinds, tiny: bool, comfyui_dir: Path, python: str) 
     for folder in [*folders.values(), base / "input"]:
         folder.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
-    config = tiny_models.DIT_CONFIG if tiny else {}
+    config = TINY_DIT if tiny else {}
     dits = write_dit(folders["diffusion_models"], kinds, config, device)
     loras = write_loras(folders["loras"], config, TINY_LORA_RANK if tiny else LORA_RANK, device)
     vae = write_vae(folders["vae"], comfyui_dir, python)
