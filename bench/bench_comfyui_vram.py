@@ -31,7 +31,7 @@ Measured per stage:
 
 Usage (on the GPU machine, ComfyUI's Python):
     python bench/bench_comfyui_vram.py --comfyui .comfyui --out $OUT --cases 24g_fp8_lowvram,...
-        [--stages distill,refine] [--steps 3] [--refine-steps 2] [--time-budget 560]
+        [--stages distill,refine] [--steps 3] [--refine-steps 2] [--time-budget 550]
     python bench/bench_comfyui_vram.py --compare DIR [DIR ...]   # latents of several runs
     --tiny: the tests' tiny DiT at tiny sizes (the GPU test runs that); with --cpu the server
     runs on the CPU (a dry run of the whole path anywhere).
@@ -79,12 +79,12 @@ from comfyui_bench_report import (
 )
 from comfyui_bench_stages import SAVE_LATENT_ID, STAGES, build_prompt, main_node_id
 
-COMFY_DEFAULT_RESERVE_GIB = 0.4  # ComfyUI's own reserve on Linux (model_management.py)
+COMFY_DEFAULT_RESERVE_GIB = 400 / 1024  # ComfyUI's own reserve on Linux (model_management.py)
 PROBE = Path(__file__).resolve().parent / "comfy_vram_probe"
 # Seconds a stage needs at full size, to skip it rather than start it too late.
 STAGE_MIN_S = {"distill": 90, "cfg480": 120, "continuation": 120, "refine": 240}
 SERVER_MIN_S = 60
-STOP_MARGIN_S = 25  # left for interrupting, stopping the server and writing the results
+STOP_MARGIN_S = 30  # left for interrupting (10 s), stopping the server (15 s) and writing results
 RETURN_LATENTS = ("distill", "cfg480", "continuation")  # 480p latents fit the 16 MiB file limit
 
 
@@ -193,7 +193,7 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
         if entry is None:
             rec["status"] = "timeout"
             server.post("/interrupt", {})
-            entry = _wait_history(server, prompt_id, 30) or {}
+            entry = _wait_history(server, prompt_id, 10) or {}
         else:
             rec["status"] = entry["status"]["status_str"]
     except RuntimeError as err:
@@ -220,8 +220,8 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
 
 def _probe(server) -> dict:
     raw = server.get("/bench/vram")
-    out = {k: round(raw[k] / GIB, 3) for k in ("allocated", "reserved", "max_allocated", "max_reserved")
-           if k in raw}
+    keys = ("allocated", "reserved", "max_allocated", "max_reserved", "outside_torch")
+    out = {k: round(raw[k] / GIB, 3) for k in keys if k in raw}
     out["models_at_end"] = [{"model": m["model"], "loaded_gib": round(m["loaded"] / GIB, 3),
                              "total_gib": round(m["total"] / GIB, 3)} for m in raw.get("models", [])]
     out["allocator"] = raw.get("allocator")
@@ -301,7 +301,7 @@ def run_case(rec: dict, case: Case, args, card_total, deadline: float, save) -> 
             rec["vmhwm_gib"] = round(monitor.vmhwm / GIB, 3)
         if events is not None:
             events.stop()
-        server.stop(grace=10)
+        server.stop(grace=5)
         rec["case_s"] = round(time.monotonic() - start, 1)
     if log_path.exists():
         rec["log_summary"] = parse_log(log_path.read_text(errors="replace"))
@@ -403,7 +403,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", default="", help=f"only these of each case's stages ({', '.join(STAGES)})")
     parser.add_argument("--steps", type=int, default=3, help="sampler steps of the 480p stages")
     parser.add_argument("--refine-steps", type=int, default=2, help="DiT passes of the refinement")
-    parser.add_argument("--time-budget", type=float, default=560.0,
+    parser.add_argument("--time-budget", type=float, default=550.0,
                         help="seconds for everything; stages that would not fit are skipped")
     parser.add_argument("--tiny", action="store_true",
                         help="the tests' tiny DiT at tiny sizes (a smoke test of the whole path)")

@@ -69,6 +69,8 @@ def _stats() -> dict:
         "max_reserved": torch.cuda.max_memory_reserved(device),
         "device_free": free,
         "device_total": total,
+        # Held outside PyTorch now (context, loaded kernels); the GPU runs nothing else.
+        "outside_torch": total - free - torch.cuda.memory_reserved(device),
         "allocator": torch.cuda.get_allocator_backend(),
         "cap": _cap,
         "models": _loaded_models(),
