@@ -115,9 +115,9 @@ class ComfyServer:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def queue_prompt(self, prompt: dict, client_id: str = "longcat-tests") -> str:
+    def queue_prompt(self, prompt: dict) -> str:
         """POST an API-format prompt; raises AssertionError with ComfyUI's errors if rejected."""
-        status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "longcat-tests"})
         if status != 200:
             raise AssertionError(f"/prompt rejected ({status}): {json.dumps(body, indent=1)}")
         return body["prompt_id"]
