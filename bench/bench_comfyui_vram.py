@@ -181,7 +181,7 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
     steps = notes.get("refine_steps", args.steps) if stage == "refine" else args.steps
     rec = {"stage": stage, "notes": notes, "main_node": main_id}
     offset = server.log_path.stat().st_size
-    server.post("/bench/vram/reset", {})
+    rec["peak_reset_error"] = server.post("/bench/vram/reset", {})[1].get("reset_error")
     monitor.set_label(stage)
     start = time.monotonic()
     status, body = server.post("/prompt", {"prompt": prompt, "client_id": CLIENT_ID})

@@ -101,6 +101,10 @@ def _gpu_memory(handle, pid: int) -> dict:
     return out
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value  # older pynvml returns bytes
+
+
 def gpu_info() -> dict:
     """Name, driver and memory of GPU 0 from NVML (empty without NVML)."""
     handle = _nvml_handle()
@@ -108,7 +112,8 @@ def gpu_info() -> dict:
         return {}
     import pynvml
 
-    return {"gpu": pynvml.nvmlDeviceGetName(handle), "driver": pynvml.nvmlSystemGetDriverVersion(),
+    name, driver = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlSystemGetDriverVersion()
+    return {"gpu": _text(name), "driver": _text(driver),
             "gpu_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(handle).total}
 
 

@@ -87,10 +87,14 @@ async def vram_stats(request):
 
 @routes.post("/bench/vram/reset")
 async def vram_reset(request):
+    error = None
     if _cuda():
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    return web.json_response(_stats())
+        try:
+            torch.cuda.reset_peak_memory_stats()
+        except RuntimeError as err:  # an allocator without peak statistics: peaks since start
+            error = str(err)
+    return web.json_response({**_stats(), "reset_error": error})
 
 
 if os.environ.get(BUDGET_ENV) and _cuda():
