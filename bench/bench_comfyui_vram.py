@@ -32,6 +32,7 @@ Measured per stage:
 Usage (on the GPU machine, ComfyUI's Python):
     python bench/bench_comfyui_vram.py --comfyui .comfyui --out $OUT --cases 24g_fp8_lowvram,...
         [--stages distill,refine] [--steps 3] [--refine-steps 2] [--time-budget 550]
+        [--max-stage-s 330]
     python bench/bench_comfyui_vram.py --compare DIR [DIR ...]   # latents of several runs
     --tiny: the tests' tiny DiT at tiny sizes (the GPU test runs that); with --cpu the server
     runs on the CPU (a dry run of the whole path anywhere).
@@ -189,7 +190,8 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
         return {**rec, "status": "rejected", "error": body}
     prompt_id = body["prompt_id"]
     try:
-        entry = _wait_history(server, prompt_id, max(10.0, deadline - time.monotonic() - STOP_MARGIN_S))
+        limit = min(deadline - time.monotonic() - STOP_MARGIN_S, args.max_stage_s)
+        entry = _wait_history(server, prompt_id, max(10.0, limit))
         if entry is None:
             rec["status"] = "timeout"
             server.post("/interrupt", {})
@@ -405,6 +407,8 @@ def main(argv=None) -> int:
     parser.add_argument("--refine-steps", type=int, default=2, help="DiT passes of the refinement")
     parser.add_argument("--time-budget", type=float, default=550.0,
                         help="seconds for everything; stages that would not fit are skipped")
+    parser.add_argument("--max-stage-s", type=float, default=330.0,
+                        help="a stage still running after this is interrupted (status timeout)")
     parser.add_argument("--tiny", action="store_true",
                         help="the tests' tiny DiT at tiny sizes (a smoke test of the whole path)")
     parser.add_argument("--cpu", action="store_true",
