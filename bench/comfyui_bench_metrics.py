@@ -94,10 +94,13 @@ def _gpu_memory(handle, pid: int) -> dict:
         return {}
     import pynvml
 
-    out = {"gpu_device_used": pynvml.nvmlDeviceGetMemoryInfo(handle).used}
-    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-        if proc.pid == pid and proc.usedGpuMemory:
-            out["gpu_process_used"] = proc.usedGpuMemory
+    try:
+        out = {"gpu_device_used": pynvml.nvmlDeviceGetMemoryInfo(handle).used}
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == pid and proc.usedGpuMemory:
+                out["gpu_process_used"] = proc.usedGpuMemory
+    except pynvml.NVMLError:  # a failed query skips this sample, the polling goes on
+        return {}
     return out
 
 
