@@ -27,7 +27,7 @@ DTYPE_NAMES = {
 _TAGS = {dtype: tag for tag, dtype in SAFETENSORS_DTYPES.items()}
 
 
-def _header(plan: list) -> dict:
+def plan_header(plan: list) -> dict:
     """Safetensors header of the planned tensors, in plan order."""
     header, offset = {"__metadata__": {"format": "pt", "source": "LongCat-Video dit"}}, 0
     for entry in plan:
@@ -38,7 +38,8 @@ def _header(plan: list) -> dict:
     return header
 
 
-def _header_bytes(header: dict) -> bytes:
+def header_bytes(header: dict) -> bytes:
+    """The safetensors file prefix for ``header``: its length (8 bytes, little-endian), then the JSON."""
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # 8-byte aligned data start, as the safetensors writer does
     return len(raw).to_bytes(8, "little") + raw
@@ -66,7 +67,7 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
     partial = dst.with_name(dst.name + ".partial")
     try:
         with open(partial, "wb") as out:
-            out.write(_header_bytes(_header(plan)))
+            out.write(header_bytes(plan_header(plan)))
             _write_tensors(out, plan)
         os.replace(partial, dst)
     finally:

@@ -79,6 +79,10 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
     def __init__(self, model_config, device=None):
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device,
                          unet_model=_build_dit)
+        # Inference mode, as later ComfyUI's BaseModel sets it: comfy.ops' fp8 layers take the
+        # fp8 matrix multiplication (--fast fp8_matrix_mult) only when not training, and
+        # ComfyUI 0.3.64 leaves diffusion models in training mode.
+        self.diffusion_model.eval()
 
     def longcat_lora_keys(self) -> dict:
         """LoRA key-map entries beyond ComfyUI's generic ones: Kijai's Wan-style module names,

@@ -1,8 +1,9 @@
-"""Start a headless CPU ComfyUI with this pack and talk to it (tests and scripts, no pytest).
+"""Start a headless ComfyUI with this pack and talk to it (tests and scripts, no pytest).
 
-Used by ``tests/comfyui/conftest.py`` (the ``comfy_server`` fixture) and
-``scripts/record_object_info.py``. ComfyUI runs from ``COMFYUI_DIR`` with the Python given by
-``COMFY_PYTHON`` (default: the current interpreter, which must have ComfyUI's requirements).
+Used by ``tests/comfyui/conftest.py`` (the ``comfy_server`` fixture, CPU),
+``scripts/record_object_info.py``, ``test_gpu_server.py`` and ``bench/bench_comfyui_vram.py``
+(GPU). ComfyUI runs from ``COMFYUI_DIR`` with the Python given by ``COMFY_PYTHON`` (default:
+the current interpreter, which must have ComfyUI's requirements).
 Everything it writes goes under a throw-away ``--base-directory``.
 """
 
@@ -20,6 +21,8 @@ PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER = "ComfyUI-LongCat-Video"
 # Combo inputs of our nodes that list model files; normalized to [] when snapshots are compared.
 FILE_INPUTS = {"LongCatModelLoader": ("model_name",), "LongCatLoRA": ("lora_name",)}
+# ComfyUI options of the CPU test server (more can follow ``args``; a GPU server passes its own).
+CPU_ARGS = ("--cpu", "--preview-method", "auto")
 
 
 def comfy_python() -> str:
@@ -36,10 +39,12 @@ def _free_port() -> int:
 class ComfyServer:
     """A running ComfyUI: ``url``, ``base_dir``, ``log_path``; HTTP helpers for the API."""
 
-    def __init__(self, comfyui_dir, base_dir, extra_env=None, python=None):
+    def __init__(self, comfyui_dir, base_dir, extra_env=None, python=None, args=CPU_ARGS,
+                 log_path=None):
         self.comfyui_dir = Path(comfyui_dir)
         self.base_dir = Path(base_dir)
-        self.log_path = self.base_dir / "comfyui.log"
+        self.args = list(args)
+        self.log_path = Path(log_path) if log_path else self.base_dir / "comfyui.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python = python or comfy_python()
@@ -55,9 +60,9 @@ class ComfyServer:
 
     def start(self, timeout: float = 300.0) -> "ComfyServer":
         self.link_pack()
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch", "--preview-method", "auto"]
+               "--disable-auto-launch", *self.args]
         with open(self.log_path, "w") as log:  # the child keeps its own handle
             self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
@@ -73,12 +78,13 @@ class ComfyServer:
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 30.0) -> None:
+        """Terminate the server (by its PID), killing it after ``grace`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
         try:
-            self.proc.wait(30)
+            self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)

@@ -144,6 +144,33 @@ def test_fp8_weight_dtype_stores_fp8_and_samples_close_to_full_precision(comfy_e
     assert 0 < rel < 0.05, rel  # fp8 changes the result (1–2 % here), but only by its rounding
 
 
+def test_fast_fp8_matrix_mult_reaches_the_block_linears(comfy_env, comfy_models, monkeypatch):
+    """With fp8 weights and ``--fast fp8_matrix_mult`` on an fp8-capable GPU, ComfyUI builds the
+    DiT from ``comfy.ops.fp8_ops``, whose Linears try ``fp8_linear`` (fp8 matmul) only outside
+    training mode: every Linear of the blocks and the caption MLP must offer it."""
+    import comfy.cli_args
+    import comfy.model_management
+    import comfy.ops
+
+    monkeypatch.setattr(comfy.cli_args.args, "fast", {comfy.cli_args.PerformanceFeature.Fp8MatrixMultiplication})
+    monkeypatch.setattr(comfy.model_management, "supports_fp8_compute", lambda device=None: True)
+    offered = set()
+
+    def record(layer, x):  # no fp8 matmul on the CPU: record and take the cast fallback
+        offered.add(layer)
+
+    monkeypatch.setattr(comfy.ops, "fp8_linear", record)
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float8_e4m3fn)
+    dit = patcher.model.diffusion_model
+    assert isinstance(dit.blocks[0].attn.qkv, comfy.ops.fp8_ops.Linear)
+    _ksampler_euler(comfy_env["samplers"], patcher, torch.randn(1, 16, 2, 4, 8))
+    names = {name for name, module in dit.named_modules() if module in offered}
+    block_linears = {f"blocks.{i}.{p}" for i in range(len(dit.blocks)) for p in
+                     ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear",
+                      "cross_attn.proj", "ffn.w1", "ffn.w2", "ffn.w3")}
+    assert block_linears | {"y_embedder.y_proj.0", "y_embedder.y_proj.2"} <= names
+
+
 def test_sampler_node_takes_an_empty_image_latent_like_ksampler(comfy_env, comfy_models):
     """An EmptyLatentImage LATENT ([1, 4, h, w] zeros) becomes one 16-channel latent frame, as
     the stock KSampler's fix_empty_latent_channels does, instead of a broadcast error."""

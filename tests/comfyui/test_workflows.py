@@ -120,6 +120,16 @@ def test_workflow_accepted_by_prompt(path, stand_ins, object_info, convert):
     assert len(errors) == 1 and errors[0]["node_type"] in LOADERS, json.dumps(errors, indent=1)
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_our_api_conversion_equals_comfy_cli(path, object_info, convert):
+    """``workflow_checks.to_api_prompt`` (the VRAM bench's, no comfy-cli on the GPU machine)
+    posts what comfy-cli's converter (the frontend's Export (API)) makes of the workflow."""
+    workflow = json.loads(path.read_text())
+    def strip(prompt):
+        return {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}
+    assert strip(wc.to_api_prompt(workflow, object_info)) == strip(convert(workflow, object_info))
+
+
 def _tiny(prompt: dict, overrides: dict) -> dict:
     """Swap umT5 for the test text node, point loaders at the tiny models, apply size overrides.
 

@@ -294,3 +294,28 @@ def check_workflow(workflow: dict, object_info: dict) -> list[str]:
         problems += check_node_sockets(node, info)
         problems += check_models(node, info)
     return problems + check_links(workflow)
+
+
+def to_api_prompt(workflow: dict, object_info: dict) -> dict:
+    """API-format prompt (what the frontend's "Export (API)" posts) of a UI workflow without
+    subgraphs, reroutes or muted nodes, such as the bundled ones: frontend-only nodes dropped,
+    widget values by name, links as ``[source id, output slot]``.
+
+    Raises ValueError for a node this conversion does not cover (bypassed/muted, unknown type).
+    """
+    sources = {link[0]: [str(link[1]), link[2]] for link in workflow.get("links", [])}
+    prompt = {}
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in FRONTEND_ONLY:
+            continue
+        if node.get("mode", 0) != 0 or kind not in object_info:
+            raise ValueError(f"node {node['id']} ({kind}): mode {node.get('mode', 0)} or unknown "
+                             "type is not covered by this conversion")
+        inputs = widget_values_by_name(node, object_info[kind])
+        for entry in node.get("inputs") or []:
+            if entry.get("link") is not None:
+                inputs[entry["name"]] = sources[entry["link"]]
+        title = node.get("title") or object_info[kind].get("display_name", kind)
+        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
+    return prompt
