@@ -150,15 +150,17 @@ def report(wf: Workflow, col: Column, source, title: str):
     return node
 
 
-VRAM_480P = """**VRAM** (measured on an H200, bf16, DiT alone: `bench/bench_dit_memory.py`): DiT
-weights 27.2 GB (25.3 GiB; fp8: ~13.6 GB, set `weight_dtype` to `fp8_e4m3fn` or use an fp8 file).
-One 480×832×93 forward with guidance (batch 2, 37,440 tokens, dense attention) peaks at 35.7 GiB
-and takes 8.5 s, so 50 steps take about 7 minutes. umT5-XXL fp16 (~11 GB) is needed only while
-encoding and the Wan 2.1 VAE (~0.25 GB) while decoding; ComfyUI offloads what it does not use.
-A 48 GB card runs it in bf16; on 24 GB use fp8 weights and `--lowvram` (slower)."""
+VRAM_480P = """**VRAM** (measured inside ComfyUI 0.3.64 on an H200 held to 24 / 48 / 80 GB budgets,
+random weights: `bench/bench_comfyui_vram.py`): with guidance (batch 2) 6.8 s per step in bf16 at
+48 GB (PyTorch peak 32.0 GiB) and 6.7 s in fp8 with `--lowvram` at 24 GB (19.4 GiB), so 50 steps
+take about 6 minutes; the 16-step distilled pass takes 3.4 s per step (bf16 or fp8; 3.0 s with
+`--fast fp8_matrix_mult`). 48 GB and larger cards run it in bf16; 24 GB cards in fp8 (Kijai's
+fp8 file, or `weight_dtype` `fp8_e4m3fn`) with `--lowvram`. umT5-XXL fp16 (~11 GB) is needed only
+while encoding; ComfyUI offloads it afterwards."""
 
-VRAM_720P = """**Refinement VRAM** (measured on an H200, bf16, DiT alone): 704×1280 with 2× frames is
-168,960 tokens per forward; one forward with BSA (sparsity 0.9375) peaks at 50.1 GiB and takes
-13.5 s, one pass per step (no CFG), 5 steps. VAE encode/decode of 186 frames at 720p needs
-several GB on its own. An 80 GB card runs it in bf16; smaller cards need fp8 weights plus
-offloading, or `spatial_refine_only` (half the tokens)."""
+VRAM_720P = """**Refinement VRAM** (measured inside ComfyUI on an H200 under memory budgets):
+704×1280 with 2× frames is 168,960 tokens per forward; with BSA (0.9375) a step takes 9.5 s, one
+pass per step (no CFG). PyTorch peak 44.5 GiB in bf16 (80 GB budget), 31.9 GiB in fp8 with
+`--lowvram` (48 GB budget). At 24 GB it runs out of memory (fp8, `--lowvram`: the activations
+alone need about 19 GiB); refine on a 48 GB or larger card, or try `spatial_refine_only` (half
+the tokens; not measured)."""
