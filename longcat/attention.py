@@ -6,7 +6,8 @@ carry ``longcat_bsa`` settings that apply to this block and sigma and the grid h
 otherwise the injected dense ``attention`` function (ComfyUI's ``optimized_attention`` signature,
 so its backends and patches apply). Conditioning split and KV cache follow the official code
 (docs/pipelines.md). Cross-attention (``cross_attn``) is always dense and has no RoPE.
-Imports nothing from ComfyUI; ``..kernels`` is imported only when BSA runs.
+Imports nothing from ComfyUI; the BSA kernels are imported only when BSA runs, and the fused
+q/k RMSNorm + RoPE (``kernels.block_ops``) imports triton only when it runs on the GPU.
 """
 
 from dataclasses import dataclass

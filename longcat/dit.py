@@ -74,8 +74,8 @@ class LongCatBlock(nn.Module):
         (skip cross-attention), bsa: this block's BSA settings or None (dense self-attention)
         → (x, pre-RoPE (k, v) or None, BSA reports of this block's sparse calls).
 
-        Reads nothing per block from ``opts`` (the DiT decides ``bsa`` per block), so one
-        compiled block serves all 48 with no recompile.
+        Reads nothing per block from ``opts`` (the DiT decides ``bsa`` per block), so a compiled
+        block serves all 48 with no recompile per block.
         """
         # adaLN in fp32, one modulation per latent frame, order (shift, scale, gate) × (msa, mlp).
         mod = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2)
