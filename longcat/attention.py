@@ -46,6 +46,8 @@ class SelfAttnPlan:
     conditioning (split path; 0 = none). cached_frames: frames held in the KV cache in front of x.
     rope: cos/sin ``[(cached_frames + T)·H·W, D]`` over the key grid. sigma: current sigma or None.
     return_kv: return the conditioning tokens' (all tokens' if cond_frames = 0) pre-RoPE k, v.
+    context_parallel: None, or a ``parallel.ContextParallel`` (x holds this rank's token shard;
+    the attention below runs on this rank's heads over all tokens).
     """
 
     grid: tuple[int, int, int]
@@ -54,6 +56,7 @@ class SelfAttnPlan:
     cached_frames: int = 0
     sigma: float | None = None
     return_kv: bool = False
+    context_parallel: object | None = None
 
 
 def _block_sparse_attention(*args, **kwargs):
@@ -106,6 +109,10 @@ class SelfAttention(nn.Module):
         """
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        cp = plan.context_parallel
+        if cp is not None:  # context parallel: from here on, this rank's heads over every token
+            q, k, v = cp.heads_from_sequence(q, k, v, plan.grid)
+            n = q.shape[2]
         q, k = self.q_norm(q), self.k_norm(k)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         kv_out = None
@@ -118,23 +125,26 @@ class SelfAttention(nn.Module):
         q = apply_rope(q, cos[-n:], sin[-n:])  # queries sit after any cached frames
         k = apply_rope(k, cos, sin)
         out = self._attend(q, k, v, plan, opts, n_cond)
+        if cp is not None:  # back to this rank's tokens, every head
+            out = cp.sequence_from_heads(out, plan.grid)
         return self.proj(out), kv_out
 
     def _attend(self, q, k, v, plan: SelfAttnPlan, opts: dict, n_cond: int):
         """Plain, cached (queries over [cache; x]) or conditioning-split attention → ``[B, N, C]``."""
         t, h, w = plan.grid
+        heads = q.shape[1]  # fewer than num_heads under context parallel
         settings = _bsa_settings(opts, t, plan.sigma)
         if not n_cond:
             grid_k = (plan.cached_frames + t, h, w)
-            return _core(q, k, v, plan.grid, grid_k, self.num_heads, self.attention, opts, settings)
+            return _core(q, k, v, plan.grid, grid_k, heads, self.attention, opts, settings)
         # Conditioning split: cond queries see only cond keys; noise queries see everything.
         tc = plan.cond_frames
         cond = _core(
             q[:, :, :n_cond], k[:, :, :n_cond], v[:, :, :n_cond], (tc, h, w), (tc, h, w),
-            self.num_heads, self.attention, opts, settings,
+            heads, self.attention, opts, settings,
         )
         noise = _core(
-            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), self.num_heads, self.attention, opts, settings
+            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), heads, self.attention, opts, settings
         )
         return torch.cat([cond, noise], dim=1)
 
