@@ -55,6 +55,23 @@ _RANK0_NCCL_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HAND
                    "TORCH_NCCL_ENABLE_MONITORING": "0"}
 
 
+def pick_devices(rank0_device, world_size: int) -> list[torch.device]:
+    """Devices for ``world_size`` ranks: rank 0's own, then the lowest-numbered other CUDA devices
+    (all CPU when rank 0 is on the CPU). ValueError if there are not enough GPUs."""
+    device = torch.device(rank0_device)
+    if device.type == "cpu":
+        return [device] * world_size
+    if device.type != "cuda":
+        raise ValueError(f"multi-GPU context parallel needs CUDA GPUs (NCCL); the model runs on {device}")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    count = torch.cuda.device_count()
+    others = [i for i in range(count) if i != index][:world_size - 1]
+    if len(others) < world_size - 1:
+        raise ValueError(f"{world_size} GPUs requested but only {count} CUDA device(s) are visible to this "
+                         f"process (CUDA_VISIBLE_DEVICES)")
+    return [torch.device("cuda", index)] + [torch.device("cuda", i) for i in others]
+
+
 class WorkerError(RuntimeError):
     """A worker failed, died or did not answer in time. The pool has stopped all workers."""
 

@@ -5,7 +5,16 @@ import os
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import bsa, conditioning, loading, long_video, refinement, sampling, testing
+from . import (
+    bsa,
+    conditioning,
+    loading,
+    long_video,
+    multigpu,
+    refinement,
+    sampling,
+    testing,
+)
 from .logic import triton_available
 
 log = logging.getLogger(__name__)
@@ -16,7 +25,7 @@ class LongCatExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loading.NODES, *bsa.NODES, *sampling.NODES, *conditioning.NODES,
-                 *refinement.NODES, *long_video.NODES]
+                 *refinement.NODES, *long_video.NODES, *multigpu.NODES]
         if os.environ.get(testing.TEST_NODES_ENV) == "1":
             nodes += testing.NODES
         log.info("LongCat-Video: %d nodes; BSA kernel: %s", len(nodes),
