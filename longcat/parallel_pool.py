@@ -50,8 +50,9 @@ _PLAIN_TYPES = (str, int, float, bool, type(None))
 _RESTART_NOTE = ". All workers were stopped; they restart on the next run."
 
 # For this process's NCCL group only: a failed or timed-out collective raises here (blocking
-# wait) instead of the default of tearing the whole process down, which would end ComfyUI.
-_RANK0_NCCL_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2",
+# wait) instead of the default of tearing the whole process down, which would end ComfyUI; the
+# pool aborts the group itself (``_abort_process_group`` wants async error handling off).
+_RANK0_NCCL_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
                    "TORCH_NCCL_ENABLE_MONITORING": "0"}
 
 

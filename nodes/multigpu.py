@@ -5,14 +5,17 @@ The node stores a ``MultiGPURunner`` in the MODEL's transformer_options; the ada
 this ComfyUI process is rank 0 on the MODEL's GPU and N−1 worker processes hold the DiT on the
 next GPUs. Workers start on the first DiT call and receive rank 0's weights as loaded (LoRA
 patches applied), again whenever those change. They stop when ComfyUI has unloaded the DiT
-from the GPU ("Unload Models", or memory needed for another model; a watch thread sees it
-within a second), when the last MODEL holding the runner is dropped, when ComfyUI exits, and on
-any failure (the error names the worker); the next DiT call starts them again. One multi-GPU
-model runs at a time: the process has one default ``torch.distributed`` group.
+while no prompt runs ("Unload Models"; a watch thread sees it within a second), when the last
+MODEL holding the runner is dropped, when ComfyUI exits, and on any failure (the error names
+the worker); the next DiT call starts them again. Within a prompt ComfyUI may move the DiT off
+the first GPU and back (memory for the VAE, a LoRA switch); the workers, on their own GPUs,
+keep their copy. One multi-GPU model runs at a time: the process has one default
+``torch.distributed`` group.
 """
 
 import inspect
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -89,7 +92,7 @@ def _watch_unload(runner_ref, model_ref, pool: WorkerPool) -> None:
         runner, model = runner_ref(), model_ref()
         if runner is None:
             return  # the pool goes with the runner (its finalizer stops the workers)
-        if model is not None and model.model_loaded_weight_memory > 0:
+        if model is not None and (model.model_loaded_weight_memory > 0 or _prompt_running()):
             continue
         if runner._lock.acquire(blocking=False):  # busy: a DiT call is running, so it is loaded
             try:
@@ -98,6 +101,14 @@ def _watch_unload(runner_ref, model_ref, pool: WorkerPool) -> None:
                     pool.stop()
             finally:
                 runner._lock.release()
+
+
+def _prompt_running() -> bool:
+    """Whether ComfyUI's server is executing a prompt (False without a server, e.g. in-process
+    use). Reads ComfyUI's already-imported top-level ``server`` module; never imports it."""
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    return bool(getattr(getattr(instance, "prompt_queue", None), "currently_running", None))
 
 
 def _warn_if_attention_differs(dit) -> bool:
