@@ -71,15 +71,17 @@ def check_conditioning_split(model, cp):
     return relative_error(*both(model, cp, x, torch.tensor([700.0]), ctx, mask, num_cond_latents=2))
 
 
-def check_kv_cache(model, cp):
+def check_kv_cache(model, cp, opts=None):
     """Cache built under CP (each rank its heads), then the cached forward = one process's."""
     x, ctx, mask = inputs(5, 6, 10)
+    opts = opts or {}
     with torch.no_grad():
-        cache_cp = model.build_kv_cache(x[:, :, :2], transformer_options={CP_OPTIONS_KEY: cp})
-        cache = model.build_kv_cache(x[:, :, :2])
+        cache_cp = model.build_kv_cache(x[:, :, :2], transformer_options={**opts, CP_OPTIONS_KEY: cp})
+        cache = model.build_kv_cache(x[:, :, :2], transformer_options=opts)
         got = model(x[:, :, 2:], torch.tensor([600.0]), ctx, mask, num_cond_latents=2, kv_cache=cache_cp,
-                    transformer_options={CP_OPTIONS_KEY: cp})
-        want = model(x[:, :, 2:], torch.tensor([600.0]), ctx, mask, num_cond_latents=2, kv_cache=cache)
+                    transformer_options={**opts, CP_OPTIONS_KEY: cp})
+        want = model(x[:, :, 2:], torch.tensor([600.0]), ctx, mask, num_cond_latents=2, kv_cache=cache,
+                     transformer_options=opts)
     heads = model.num_heads // cp.world_size
     first = slice(cp.rank * heads, (cp.rank + 1) * heads)
     cache_error = max(relative_error(cache_cp[i][j], cache[i][j][:, first]) for i in cache for j in (0, 1))
@@ -137,6 +139,8 @@ def run_checks(cp) -> dict:
         "conditioning_split": lambda: check_conditioning_split(model, cp),
         "kv_cache": lambda: check_kv_cache(model, cp),
         "split_return_kv": lambda: check_split_return_kv(model, cp),
+        "kv_cache_bsa": lambda: check_kv_cache(
+            model, cp, {"longcat_bsa": BSASettings(sparsity=0.5, backend="torch", **CHUNK)}),
         "bsa_torch": lambda: check_bsa(model, cp, "torch"),
         # The Triton interpreter runs a few programs a second: one block, two frames.
         "bsa_triton": lambda: check_bsa(tiny_dit(**CP_DIT, depth=1), cp, "triton", frames=2),

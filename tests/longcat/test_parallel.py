@@ -22,7 +22,7 @@ from longcat_pack.longcat.parallel import (
 RANKS_SCRIPT = Path(__file__).resolve().parent / "cp_ranks.py"
 EXACT = 1e-6
 CHECKS = ("plain", "divisible_grid_cfg_batch", "conditioning_split", "kv_cache", "split_return_kv",
-          "bsa_torch", "bsa_triton", "bsa_window_dense_blocks")
+          "kv_cache_bsa", "bsa_torch", "bsa_triton", "bsa_window_dense_blocks")
 
 
 def test_frame_slices_cover_each_frame_with_near_equal_parts():

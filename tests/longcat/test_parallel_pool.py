@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from longcat_pack.longcat.bsa_settings import BSASettings
-from longcat_pack.longcat.parallel_pool import WorkerError, WorkerPool
+from longcat_pack.longcat.parallel_pool import WorkerError, WorkerPool, pick_devices
 from longcat_pack.longcat.pipelines import TextCondition, denoise, make_dit_fn
 from tiny_dit import TINY, tiny_dit
 
@@ -63,6 +63,18 @@ def pool_dit_fn(pool, model):
         return pool.forward(model, x, timestep, context, context_mask, transformer_options=opts, **kwargs)
 
     return dit_fn
+
+
+def test_devices_are_rank0s_then_the_next_gpus(monkeypatch):
+    assert pick_devices("cpu", 3) == [torch.device("cpu")] * 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert pick_devices("cuda:1", 3) == [torch.device("cuda", i) for i in (1, 0, 2)]
+    with pytest.raises(ValueError, match="8 GPUs requested but only 4 CUDA device"):
+        pick_devices("cuda:0", 8)
+    with pytest.raises(ValueError, match="needs CUDA GPUs"):
+        pick_devices("mps", 2)
+    with pytest.raises(ValueError, match="all CUDA or all CPU"):
+        WorkerPool(["cuda:0", "cpu"])
 
 
 @pytest.fixture(scope="class")
