@@ -166,7 +166,8 @@ class WorkerPool:
 
     devices: one ``torch.device`` (or string) per rank, this process's first; all CUDA (NCCL)
     or all CPU (Gloo, for tests: no faster than one process). timeout: seconds any collective
-    or wait on a worker may take before the pool gives up (covers a hung worker).
+    or wait on a worker may take before the pool gives up (covers a hung worker); starting
+    the workers may take up to ``max(timeout, 120)`` s (importing torch on a cold disk cache).
     """
 
     def __init__(self, devices, timeout: float = 300.0):

@@ -13,11 +13,11 @@ keep their copy. One multi-GPU model runs at a time: the process has one default
 ``torch.distributed`` group.
 """
 
+import atexit
 import inspect
 import logging
 import sys
 import threading
-import time
 import weakref
 
 import comfy.model_management
@@ -35,6 +35,10 @@ _DIT_ARGS = frozenset(inspect.signature(LongCatVideoDiT.__init__).parameters) - 
     "self", "attention", "device", "dtype", "operations"}
 _UNLOAD_POLL_S = 1.0
 _active_runner = None  # weakref to the runner whose workers run (one group per process)
+# Watch threads end at interpreter exit before the pools' own exit hooks run: a daemon thread
+# that drops the last reference to a pool during finalization aborts the process.
+_exiting = threading.Event()
+_watches: list[threading.Thread] = []
 
 
 class MultiGPURunner:
@@ -75,8 +79,7 @@ class MultiGPURunner:
         self.pool = WorkerPool(pick_devices(device, self.gpus), self.timeout)
         self.pool.start()
         _active_runner = weakref.ref(self)
-        threading.Thread(target=_watch_unload, args=(weakref.ref(self), weakref.ref(base_model), self.pool),
-                         name="longcat-multi-gpu-unload-watch", daemon=True).start()
+        _start_watch(self, base_model, self.pool)
         return self.pool
 
     def stop(self) -> None:
@@ -85,10 +88,25 @@ class MultiGPURunner:
                 self.pool.stop()
 
 
+def _start_watch(runner, base_model, pool: WorkerPool) -> None:
+    if not _watches:
+        atexit.register(_end_watches)
+    _watches[:] = [thread for thread in _watches if thread.is_alive()]
+    thread = threading.Thread(target=_watch_unload, args=(weakref.ref(runner), weakref.ref(base_model), pool),
+                              name="longcat-multi-gpu-unload-watch", daemon=True)
+    _watches.append(thread)
+    thread.start()
+
+
+def _end_watches() -> None:
+    _exiting.set()
+    for thread in _watches:
+        thread.join(5.0)
+
+
 def _watch_unload(runner_ref, model_ref, pool: WorkerPool) -> None:
     """Stop ``pool`` once ComfyUI has fully unloaded the DiT (whichever MODEL clone loaded it)."""
-    while pool.started:
-        time.sleep(_UNLOAD_POLL_S)
+    while pool.started and not _exiting.wait(_UNLOAD_POLL_S):
         runner, model = runner_ref(), model_ref()
         if runner is None:
             return  # the pool goes with the runner (its finalizer stops the workers)

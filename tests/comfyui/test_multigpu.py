@@ -1,6 +1,7 @@
 """LongCat Multi-GPU in-process with ComfyUI on the CPU (Gloo, 2 processes): the node's MODEL
-samples like the one-GPU MODEL, re-sends weights after a LoRA, survives Cancel, reports a
-killed worker, and leaves no worker behind after ComfyUI unloads the model."""
+samples like the one-GPU MODEL (LongCat Sampler with the KV cache, KSampler, Long Video with
+refinement), re-sends weights after a LoRA, survives Cancel, reports a killed worker, and leaves
+no worker behind after ComfyUI unloads the model. The tests share one model and run in order."""
 
 import os
 import signal
@@ -12,6 +13,9 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.comfyui
+
+# ComfyUI on the CPU attends with sub-quadratic attention, the worker with SDPA: rounding only.
+CLOSE = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def _running(pid: int) -> bool:
@@ -39,12 +43,15 @@ def comfy(comfy_models):
 
     comfy.cli_args.args.cpu = True
     import comfy.model_management
+    import comfy.samplers
     import folder_paths
-    from longcat_pack.nodes import loading, model_adapter, multigpu, sampling
+    from longcat_pack.nodes import loading, long_video, model_adapter, multigpu, sampling
 
     folder_paths.add_model_folder_path("loras", comfy_models["loras"])
-    return {"mm": comfy.model_management, "adapter": model_adapter, "multigpu": multigpu,
-            "sampling": sampling, "loading": loading}
+    one = model_adapter.load_longcat_model(comfy_models["dit"], torch.float32)
+    return {"mm": comfy.model_management, "samplers": comfy.samplers, "sampling": sampling,
+            "loading": loading, "long_video": long_video, "one": one,
+            "multi": multigpu.LongCatMultiGPU.execute(one, 2, 60).result[0]}
 
 
 def _context(tokens, seed):
@@ -53,7 +60,7 @@ def _context(tokens, seed):
     return [[context, {}]]
 
 
-def _sample(comfy, model, callback_hook=None):
+def _sample(comfy, model):
     """LongCat Sampler on a continuation latent (1 clean frame, KV cache) with CFG."""
     raw = torch.zeros(1, 16, 3, 4, 8)
     raw[:, :, :1] = torch.randn(1, 16, 1, 4, 8, generator=torch.Generator().manual_seed(3))
@@ -64,32 +71,77 @@ def _sample(comfy, model, callback_hook=None):
     return out["samples"]
 
 
-def _runner(model):
-    return model.model_options["transformer_options"]["longcat_multi_gpu"]
+def _pids(model):
+    return model.model_options["transformer_options"]["longcat_multi_gpu"].pool.pids()
 
 
-def test_multi_gpu_model_samples_like_one_gpu_through_lora_cancel_failure_and_unload(comfy, comfy_models):
-    mm, node = comfy["mm"], comfy["multigpu"].LongCatMultiGPU
-    lora = comfy["loading"].LongCatLoRA
-    one = comfy["adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
-    multi = node.execute(one, 2, 60).result[0]
-    # ComfyUI on the CPU attends with sub-quadratic attention, the worker with SDPA: rounding only.
-    close = {"rtol": 1e-5, "atol": 1e-5}
+class _StandinVae:
+    """ComfyUI's VAE encode/decode signatures over the stand-in VAE (fast, exact)."""
 
-    torch.testing.assert_close(_sample(comfy, multi), _sample(comfy, one), **close)
-    pids = _runner(multi).pool.pids()
+    def encode(self, pixels):
+        from longcat_pack.longcat.standin_vae import standin_encode
+
+        return standin_encode(pixels)
+
+    def decode(self, latent):
+        from longcat_pack.longcat.standin_vae import standin_decode
+
+        return standin_decode(latent).unsqueeze(0)
+
+
+def test_sampler_with_kv_cache_equals_one_gpu(comfy):
+    torch.testing.assert_close(_sample(comfy, comfy["multi"]), _sample(comfy, comfy["one"]), **CLOSE)
+    pids = _pids(comfy["multi"])
     assert len(pids) == 1 and _running(pids[0])
 
-    # A LoRA after the node: rank 0 patches its weights, the worker must get them again.
-    with_lora = _sample(comfy, lora.execute(one, comfy_models["official_lora"], 0.7).result[0])
-    multi_lora = lora.execute(multi, comfy_models["official_lora"], 0.7).result[0]
-    got = _sample(comfy, multi_lora)
-    torch.testing.assert_close(got, with_lora, **close)
-    assert not torch.allclose(got, _sample(comfy, one), **close)
-    assert _runner(multi_lora).pool.pids() == pids  # same worker, new weights
 
-    # Cancel (ComfyUI's interrupt flag, checked between steps) stops the run, not the workers.
-    calls = []
+def test_ksampler_equals_one_gpu(comfy):
+    samplers = comfy["samplers"]
+    noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(2))
+
+    def run(model):
+        return samplers.sample(model, noise, _context(6, 1), _context(1, 2), 2.0, "cpu",
+                               samplers.ksampler("euler"), torch.tensor([1.0, 0.5, 0.0]),
+                               latent_image=torch.zeros_like(noise))
+
+    torch.testing.assert_close(run(comfy["multi"]), run(comfy["one"]), **CLOSE)
+
+
+def test_long_video_with_refinement_equals_one_gpu(comfy):
+    from longcat_pack.nodes.logic import LongVideoSettings
+
+    settings = LongVideoSettings(num_segments=1, width=64, height=32, num_frames=9, num_cond_frames=5,
+                                 guidance_scale=1.0, seed=7, use_kv_cache=True, t_thresh=0.5,
+                                 refine_width=128, refine_height=64,
+                                 t2v_sigmas=torch.tensor([1.0, 0.5, 0.0]),
+                                 vc_sigmas=torch.tensor([1.0, 0.5, 0.0]))
+
+    def run(model):
+        frames, _ = comfy["long_video"].generate(model, _StandinVae(), _context(6, 1), None, model,
+                                                 _context(1, 2), settings)
+        return frames
+
+    got = run(comfy["multi"])
+    assert got.shape[0] == 26
+    torch.testing.assert_close(got, run(comfy["one"]), **CLOSE)
+
+
+def test_lora_after_the_node_is_sent_to_the_worker(comfy):
+    """A LoRA after the node: rank 0 patches its weights; the same worker gets them again."""
+    lora, name = comfy["loading"].LongCatLoRA, "longcat_tiny_official_lora.safetensors"
+    pids = _pids(comfy["multi"])
+    want = _sample(comfy, lora.execute(comfy["one"], name, 0.7).result[0])
+    multi_lora = lora.execute(comfy["multi"], name, 0.7).result[0]
+    got = _sample(comfy, multi_lora)
+    torch.testing.assert_close(got, want, **CLOSE)
+    assert not torch.allclose(got, _sample(comfy, comfy["one"]), **CLOSE)
+    assert _pids(multi_lora) == pids
+
+
+def test_cancel_stops_the_run_not_the_workers(comfy):
+    """ComfyUI's interrupt flag, checked between steps, ends the run; the workers stay."""
+    mm, multi = comfy["mm"], comfy["multi"]
+    pids, calls = _pids(multi), []
 
     def cancel_during_second_call(module, args):
         calls.append(1)
@@ -103,10 +155,13 @@ def test_multi_gpu_model_samples_like_one_gpu_through_lora_cancel_failure_and_un
     finally:
         hook.remove()
         mm.interrupt_current_processing(False)
-    assert _runner(multi).pool.pids() == pids
-    torch.testing.assert_close(_sample(comfy, multi), _sample(comfy, one), **close)
+    assert _pids(multi) == pids
+    torch.testing.assert_close(_sample(comfy, multi), _sample(comfy, comfy["one"]), **CLOSE)
 
-    # A worker killed mid-step: a clear error within seconds, no process left; the next run restarts.
+
+def test_worker_killed_mid_step_is_reported_and_replaced(comfy):
+    multi = comfy["multi"]
+    pids = _pids(multi)
     hook = multi.model.diffusion_model.blocks[1].register_forward_pre_hook(
         lambda module, args: os.kill(pids[0], signal.SIGKILL))
     try:
@@ -115,10 +170,12 @@ def test_multi_gpu_model_samples_like_one_gpu_through_lora_cancel_failure_and_un
     finally:
         hook.remove()
     assert _gone(pids)
-    torch.testing.assert_close(_sample(comfy, multi), _sample(comfy, one), **close)
-    new_pids = _runner(multi).pool.pids()
-    assert new_pids and new_pids != pids
+    torch.testing.assert_close(_sample(comfy, multi), _sample(comfy, comfy["one"]), **CLOSE)
+    assert _pids(multi) and _pids(multi) != pids
 
-    # ComfyUI's "Unload Models" stops the workers (the runner's watch sees it within a second).
-    mm.unload_all_models()
-    assert _gone(new_pids)
+
+def test_unload_models_stops_the_workers(comfy):
+    pids = _pids(comfy["multi"])
+    assert pids
+    comfy["mm"].unload_all_models()
+    assert _gone(pids)  # the runner's watch sees the unload within a second

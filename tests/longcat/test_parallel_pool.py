@@ -214,11 +214,13 @@ def test_garbage_collected_pool_stops_its_workers():
     assert not dist.is_initialized()
 
 
-def test_workers_exit_when_rank0_dies(tmp_path):
-    """ComfyUI killed hard: nothing stops the workers but their own watch on the parent."""
+@pytest.mark.parametrize("how", ["exits", "is_killed"])
+def test_workers_end_with_rank0(tmp_path, how):
+    """ComfyUI exits (the pool's exit hook stops the workers) or is killed hard (nothing stops
+    them but their own watch on the parent): either way no worker is left."""
     script = tmp_path / "rank0.py"
     script.write_text(textwrap.dedent(f"""
-        import sys, time
+        import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         import _standalone
         _standalone.import_pack()
@@ -226,14 +228,20 @@ def test_workers_exit_when_rank0_dies(tmp_path):
         pool = WorkerPool(["cpu", "cpu"], timeout=60)
         pool.start()
         print(*pool.pids(), flush=True)
-        time.sleep(600)
+        sys.stdin.readline()  # until the test says so; then exit without stopping the pool
     """))
-    rank0 = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    rank0 = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
     try:
         pids = [int(p) for p in rank0.stdout.readline().split()]
         assert pids and all(running(pid) for pid in pids)
-        rank0.kill()
-        rank0.wait()
+        if how == "exits":
+            rank0.stdin.write("\n")
+            rank0.stdin.flush()
+            assert rank0.wait(30) == 0
+        else:
+            rank0.kill()
+            rank0.wait()
         assert wait_gone(pids, 10.0)
     finally:
         if rank0.poll() is None:
