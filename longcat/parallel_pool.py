@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from .bsa_settings import BSA_OPTIONS_KEY
 from .parallel import CP_OPTIONS_KEY, ContextParallel, check_world_size
-from .parallel_worker import BOOTSTRAP, FORWARD_INPUTS, tensor_meta, wire_device
+from .parallel_worker import BOOTSTRAP, FORWARD_INPUTS, send, tensor_meta
 
 log = logging.getLogger(__name__)
 
@@ -272,14 +272,13 @@ class WorkerPool:
             return False
         state = dit.state_dict()
         entries = [[name, *tensor_meta(tensor)] for name, tensor in state.items()]
-        wire = wire_device(self.devices[0])
 
-        def send():
+        def send_all():
             for tensor in state.values():
-                dist.broadcast(tensor.detach().to(wire).contiguous(), src=0)
+                send(tensor, self.devices[0])
 
         self._weights_version = None
-        self._run({"op": "load", "config": config, "entries": entries}, send, "loading the weights")
+        self._run({"op": "load", "config": config, "entries": entries}, send_all, "loading the weights")
         self._weights_version = version
         self._generation += 1
         log.info("LongCat context parallel: sent %d weights to %d workers", len(entries), len(self._workers))
@@ -308,12 +307,10 @@ class WorkerPool:
             "bsa": None if settings is None else dataclasses.asdict(settings),
             "sigma": _window_sigma(settings, opts.get("sigmas")),
         }
-        wire = wire_device(self.devices[0])
-
         def run_rank0():
             for name in FORWARD_INPUTS:
                 if tensors[name] is not None:
-                    dist.broadcast(tensors[name].to(wire).contiguous(), src=0)
+                    send(tensors[name], self.devices[0])
             opts[CP_OPTIONS_KEY] = self.cp
             with torch.no_grad():
                 return dit(x, tensors["timestep"], context, context_mask, num_cond_latents=num_cond_latents,

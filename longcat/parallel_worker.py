@@ -64,14 +64,23 @@ def wire_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
+def send(tensor: torch.Tensor, device: torch.device) -> None:
+    """Rank 0: broadcast ``tensor``'s bytes (any dtype, fp8 included: NCCL and Gloo lack some)."""
+    dist.broadcast(tensor.detach().to(wire_device(device)).contiguous().reshape(-1).view(torch.uint8), src=0)
+
+
 def receive(meta, device: torch.device) -> torch.Tensor | None:
-    """Allocate a tensor for ``meta`` on ``device`` and fill it from rank 0's broadcast."""
+    """Allocate a tensor for ``meta`` on ``device`` and fill it from rank 0's ``send``."""
     if meta is None:
         return None
     shape, dtype = meta
-    tensor = torch.empty(shape, dtype=dtype_from_name(dtype), device=wire_device(device))
-    dist.broadcast(tensor, src=0)
-    return tensor.to(device)
+    dtype = dtype_from_name(dtype)
+    numel = 1
+    for size in shape:
+        numel *= size
+    data = torch.empty(numel * dtype.itemsize, dtype=torch.uint8, device=wire_device(device))
+    dist.broadcast(data, src=0)
+    return data.view(dtype).reshape(shape).to(device)
 
 
 class Worker:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.layers import cast_ops
 from longcat_pack.longcat.parallel_pool import WorkerError, WorkerPool, pick_devices
 from longcat_pack.longcat.pipelines import TextCondition, denoise, make_dit_fn
 from tiny_dit import TINY, tiny_dit
@@ -118,6 +119,18 @@ class TestOneRunningPool:
             want = model(x, torch.tensor([500.0]), ctx)
         assert torch.equal(out, want)
 
+
+    def test_fp8_and_bf16_weights_arrive_bit_for_bit(self, pool):
+        """Weights go as bytes (NCCL and Gloo lack fp8): an fp8/bf16 checkpoint on cast ops."""
+        model = tiny_dit(**CONFIG, operations=cast_ops)
+        state = {k: v.to(torch.float8_e4m3fn if k.endswith("qkv.weight") else torch.bfloat16)
+                 for k, v in model.state_dict().items()}
+        model.load_state_dict(state, assign=True)
+        assert pool.sync_weights(model, CONFIG, "fp8")
+        x, ctx = inputs()
+        with torch.no_grad():
+            want = model(x, torch.tensor([500.0]), ctx)
+        assert torch.equal(pool.forward(model, x, torch.tensor([500.0]), ctx), want)
 
     def test_sampling_loop_with_kv_cache_and_cancel(self, pool):
         """Continuation with the KV cache through the pool equals one process; a run cancelled by
