@@ -45,7 +45,13 @@ def comfy(comfy_models):
     import comfy.model_management
     import comfy.samplers
     import folder_paths
-    from longcat_pack.nodes import loading, long_video, model_adapter, multigpu, sampling
+    from longcat_pack.nodes import (
+        loading,
+        long_video,
+        model_adapter,
+        multigpu,
+        sampling,
+    )
 
     folder_paths.add_model_folder_path("loras", comfy_models["loras"])
     one = model_adapter.load_longcat_model(comfy_models["dit"], torch.float32)
