@@ -296,8 +296,11 @@ class WorkerPool:
         if opts.get("patches_replace", {}).get("dit"):
             raise ValueError("DiT block patches (patches_replace) cannot run on the multi-GPU workers")
         check_world_size(dit.num_heads, self.world_size)
-        tensors = {"x": x, "timestep": torch.as_tensor(timestep, device=x.device), "context": context,
-                   "context_mask": context_mask}
+        # Every rank, this one included, computes on the same contiguous values: a strided input
+        # could round differently here than its contiguous copy does on the workers.
+        tensors = {name: None if t is None else t.contiguous() for name, t in (
+            ("x", x), ("timestep", torch.as_tensor(timestep, device=x.device)), ("context", context),
+            ("context_mask", context_mask))}
         settings = opts.get(BSA_OPTIONS_KEY)
         message = {
             "op": "forward", "tensors": {name: tensor_meta(t) for name, t in tensors.items()},
@@ -313,7 +316,7 @@ class WorkerPool:
                     send(tensors[name], self.devices[0])
             opts[CP_OPTIONS_KEY] = self.cp
             with torch.no_grad():
-                return dit(x, tensors["timestep"], context, context_mask, num_cond_latents=num_cond_latents,
+                return dit(**tensors, num_cond_latents=num_cond_latents,
                            kv_cache=kv_cache, return_kv=return_kv, skip_cross_attn=skip_cross_attn,
                            transformer_options=opts, offload_kv_cache=offload_kv_cache)
 

@@ -66,7 +66,10 @@ def wire_device(device: torch.device) -> torch.device:
 
 def send(tensor: torch.Tensor, device: torch.device) -> None:
     """Rank 0: broadcast ``tensor``'s bytes (any dtype, fp8 included: NCCL and Gloo lack some)."""
-    dist.broadcast(tensor.detach().to(wire_device(device)).contiguous().reshape(-1).view(torch.uint8), src=0)
+    flat = tensor.detach().to(wire_device(device)).reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:  # e.g. one element expanded (stride 0): not viewable
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    dist.broadcast(flat.view(torch.uint8), src=0)
 
 
 def receive(meta, device: torch.device) -> torch.Tensor | None:

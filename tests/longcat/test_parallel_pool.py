@@ -120,6 +120,17 @@ class TestOneRunningPool:
         assert torch.equal(out, want)
 
 
+    def test_inputs_of_any_layout_are_sent(self, pool):
+        """Samplers pass expanded (stride 0) timesteps and views; they must arrive as values."""
+        model = tiny_dit(**CONFIG)
+        pool.sync_weights(model, CONFIG, "layout")
+        x, ctx = inputs()
+        timestep = torch.tensor(500.0).expand(1)
+        context = ctx.transpose(1, 2).contiguous().transpose(1, 2)  # same values, strided
+        with torch.no_grad():
+            want = model(x, timestep, ctx)
+        assert torch.equal(pool.forward(model, x, timestep, context), want)
+
     def test_fp8_and_bf16_weights_arrive_bit_for_bit(self, pool):
         """Weights go as bytes (NCCL and Gloo lack fp8): an fp8/bf16 checkpoint on cast ops."""
         model = tiny_dit(**CONFIG, operations=cast_ops)
