@@ -20,6 +20,10 @@ Every rank runs the same DiT forward on the same inputs; ``ContextParallel`` (pu
   the whole prediction.
 - KV cache: a forward with ``return_kv`` returns, on each rank, the cache for that rank's heads
   over all conditioning tokens; each rank passes its own back later.
+- Collectives per forward: one ``heads_from_sequence`` and one ``sequence_from_heads`` per block,
+  then one ``gather``, the same on every rank whatever the path (split, cache, BSA). A rank that
+  leaves a forward early on an error of its own (ComfyUI's Cancel checked inside a layer) joins
+  the rest with zeros (``drain``) so the other ranks finish and the group stays usable.
 
 Needs ``torch.distributed`` initialised; the number of ranks must divide the number of heads.
 Imports nothing from ComfyUI.
@@ -72,6 +76,8 @@ class ContextParallel:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self.joined = 0  # collectives joined since the caller last reset it (see ``drain``)
+        self.broken = False  # a collective raised: the group is unusable, draining cannot help
 
     def __deepcopy__(self, memo):
         # transformer_options are deep-copied by ComfyUI's MODEL clones; the group is shared.
@@ -93,6 +99,35 @@ class ContextParallel:
     def _slices(self, grid) -> list[tuple[int, int]]:
         return frame_slices(grid[1] * grid[2], self.world_size)
 
+    def _join(self, collective, *args, **kwargs) -> None:
+        try:
+            collective(*args, group=self.group, **kwargs)
+        except BaseException:
+            self.broken = True
+            raise
+        self.joined += 1
+
+    def drain(self, batch: int, num_heads: int, head_dim: int, dtype, grid, blocks: int,
+              out_features: int, device) -> None:
+        """Join, with zeros, the collectives of a DiT forward this rank left after ``joined`` of
+        them (set ``joined = 0`` before the forward), so the other ranks finish theirs.
+
+        batch, grid: of x; num_heads, head_dim, blocks (depth): the DiT's; dtype: x's (q, k, v
+        and the attention output); out_features: the final layer's width (its output is fp32).
+        """
+        start, stop = self._slices(grid)[self.rank]
+        n_local = grid[0] * (stop - start)
+        for index in range(self.joined, 2 * blocks + 1):
+            if index == 2 * blocks:
+                self.gather(torch.zeros(batch, n_local, out_features, device=device), grid)
+            elif index % 2 == 0:
+                qkv = torch.zeros(batch, num_heads, n_local, head_dim, dtype=dtype, device=device)
+                self.heads_from_sequence(qkv, qkv, qkv, grid)
+            else:
+                width = num_heads // self.world_size * head_dim
+                tokens = grid[0] * grid[1] * grid[2]
+                self.sequence_from_heads(torch.zeros(batch, tokens, width, dtype=dtype, device=device), grid)
+
     def shard(self, tokens: torch.Tensor, grid) -> torch.Tensor:
         """``[B, T·H·W, C]`` (every rank the same) → this rank's ``[B, T·hw_r, C]``."""
         b, _, c = tokens.shape
@@ -110,7 +145,7 @@ class ContextParallel:
         padded = local.new_zeros(b, grid[0], widest, f)
         padded[:, :, :local.shape[2]] = local
         parts = [torch.empty_like(padded) for _ in slices]
-        dist.all_gather(parts, padded, group=self.group)
+        self._join(dist.all_gather, parts, padded)
         whole = torch.cat([part[:, :, :stop - start] for part, (start, stop) in zip(parts, slices)], dim=2)
         return whole.reshape(b, -1, f)
 
@@ -132,7 +167,7 @@ class ContextParallel:
             send[:, i].copy_(x.reshape(b, n, h, t, width, d).transpose(0, 1))
         sizes = [3 * b * h * t * (stop - start) * d for start, stop in slices]
         recv = q.new_empty(sum(sizes))
-        dist.all_to_all_single(recv, send.view(-1), sizes, [send[0].numel()] * n, group=self.group)
+        self._join(dist.all_to_all_single, recv, send.view(-1), sizes, [send[0].numel()] * n)
         parts = [part.view(3, b, h, t, -1, d) for part in recv.split(sizes)]
         qkv = torch.cat(parts, dim=4).view(3, b, h, -1, d)
         return qkv.unbind(0)
@@ -149,6 +184,6 @@ class ContextParallel:
         send = torch.cat([frames[:, :, start:stop].reshape(-1) for start, stop in slices])
         sizes = [b * t * (stop - start) * f for start, stop in slices]
         recv = out.new_empty(n, b, t, width, f)
-        dist.all_to_all_single(recv.view(-1), send, [recv[0].numel()] * n, sizes, group=self.group)
+        self._join(dist.all_to_all_single, recv.view(-1), send, [recv[0].numel()] * n, sizes)
         # [src rank (= head group), B, T, hw_r, f] → features ordered (head group, head, D).
         return recv.permute(1, 2, 3, 0, 4).reshape(b, t * width, n * f)

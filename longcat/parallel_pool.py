@@ -11,8 +11,11 @@ Failure handling, so that nothing hangs and nothing is left behind:
   watches the pipe, so a worker that errors or dies is noticed at once (its pipe closes);
 - every collective has the group's ``timeout``; a worker that dies mid-collective breaks the
   collective on rank 0 (Gloo: connection reset; NCCL: the group is aborted by the watcher);
-- after any failure the pool stops every worker (kill after a grace period) and raises
-  ``WorkerError`` naming the worker and what happened; the next call may ``start`` afresh;
+- an error raised by rank 0's DiT alone, between collectives (ComfyUI's Cancel inside a
+  layer), is not a failure: rank 0 joins the forward's remaining collectives with zeros
+  (``ContextParallel.drain``), the workers finish it, and the error is re-raised as is;
+- after any failure the pool stops every worker (killed at once) and raises ``WorkerError``
+  naming the worker and what happened; the next call may ``start`` afresh;
 - workers exit by themselves when this process is gone.
 
 Needs Linux/macOS (workers inherit their pipe by file descriptor). Imports nothing from ComfyUI.
@@ -75,6 +78,15 @@ def pick_devices(rank0_device, world_size: int) -> list[torch.device]:
 
 class WorkerError(RuntimeError):
     """A worker failed, died or did not answer in time. The pool has stopped all workers."""
+
+
+class _LeftEarly(Exception):
+    """Rank 0's DiT raised between collectives (e.g. Cancel inside a layer) and it joined the
+    remaining collectives with zeros; ``error`` is what it raised."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
 
 
 class ShardedKVCache(dict):
@@ -315,18 +327,36 @@ class WorkerPool:
                 if tensors[name] is not None:
                     send(tensors[name], self.devices[0])
             opts[CP_OPTIONS_KEY] = self.cp
-            with torch.no_grad():
-                return dit(**tensors, num_cond_latents=num_cond_latents,
-                           kv_cache=kv_cache, return_kv=return_kv, skip_cross_attn=skip_cross_attn,
-                           transformer_options=opts, offload_kv_cache=offload_kv_cache)
+            self.cp.joined, self.cp.broken = 0, False
+            try:
+                with torch.no_grad():
+                    return dit(**tensors, num_cond_latents=num_cond_latents,
+                               kv_cache=kv_cache, return_kv=return_kv, skip_cross_attn=skip_cross_attn,
+                               transformer_options=opts, offload_kv_cache=offload_kv_cache)
+            except BaseException as err:
+                if self.cp.broken:
+                    raise
+                self._drain(dit, x)
+                raise _LeftEarly(err) from err
 
-        result = self._run(message, run_rank0, "running a DiT forward")
+        try:
+            result = self._run(message, run_rank0, "running a DiT forward")
+        except _LeftEarly as left:
+            if return_kv:  # the workers kept a cache that no ShardedKVCache will ever release
+                self._released.append(message["store_cache_as"])
+            raise left.error from None
         if not return_kv:
             return result
         out, cache = result
         cache = ShardedKVCache(cache, message["store_cache_as"], self._generation)
         weakref.finalize(cache, self._released.append, cache.cache_id)
         return out, cache
+
+    def _drain(self, dit, x):
+        t, h, w = x.shape[2:]
+        pt, ph, pw = dit.patch_size
+        self.cp.drain(x.shape[0], dit.num_heads, dit.head_dim, x.dtype, (t // pt, h // ph, w // pw),
+                      len(dit.blocks), pt * ph * pw * dit.out_channels, x.device)
 
     def _check_started(self):
         if not self.started:
@@ -359,6 +389,13 @@ class WorkerPool:
         watcher.start()
         try:
             result = None if watcher.failed else rank0_part()
+        except _LeftEarly as left:
+            # Every rank finished the forward: the group is in step; keep it if the workers are fine.
+            if not watcher.finish(self.timeout):
+                self._fail()
+                raise WorkerError(f"LongCat multi-GPU failed while {doing}: "
+                                  f"{watcher.describe('did not finish (hung?)')}{_RESTART_NOTE}") from left.error
+            raise
         except BaseException as err:
             watcher.finish(_FAILURE_GRACE_S)  # a worker's story may lag rank 0's error a little
             self._fail()

@@ -145,7 +145,8 @@ def test_lora_after_the_node_is_sent_to_the_worker(comfy):
 
 
 def test_cancel_stops_the_run_not_the_workers(comfy):
-    """ComfyUI's interrupt flag, checked between steps, ends the run; the workers stay."""
+    """ComfyUI's interrupt flag ends the run; the workers stay. ComfyUI 0.3.64 checks it between
+    steps; newer versions inside every layer, where rank 0 then drains the step's collectives."""
     mm, multi = comfy["mm"], comfy["multi"]
     pids, calls = _pids(multi), []
 
