@@ -58,6 +58,8 @@ class SelfAttnPlan:
     conditioning (split path; 0 = none). cached_frames: frames held in the KV cache in front of x.
     rope: cos/sin ``[(cached_frames + T)·H·W, D]`` over the key grid. sigma: current sigma or None.
     return_kv: return the conditioning tokens' (all tokens' if cond_frames = 0) pre-RoPE k, v.
+    context_parallel: None, or a ``parallel.ContextParallel`` (x holds this rank's token shard;
+    the attention below runs on this rank's heads over all tokens).
     """
 
     grid: tuple[int, int, int]
@@ -66,6 +68,7 @@ class SelfAttnPlan:
     cached_frames: int = 0
     sigma: float | None = None
     return_kv: bool = False
+    context_parallel: object | None = None
 
 
 def _block_sparse_attention(*args, **kwargs):
@@ -111,7 +114,8 @@ class SelfAttention(nn.Module):
         (pre-RoPE, any device), placed in front of this call's keys. bsa: BSA settings, or None
         for the dense ``attention``.
         """
-        q, k, v, roped_k = self._qkv(x, plan, rope_k=cache is None and not plan.return_kv)
+        cp = plan.context_parallel
+        q, k, v, roped_k = self._qkv(x, plan, cp, rope_k=cache is None and not plan.return_kv)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         kv_out = None
         if plan.return_kv:
@@ -123,19 +127,23 @@ class SelfAttention(nn.Module):
             k = apply_rope(k, *plan.rope)
         reports = []
         out = self._attend(q, k, v, plan, opts, n_cond, bsa, reports)
+        if cp is not None:  # back to this rank's tokens, every head
+            out = cp.sequence_from_heads(out, plan.grid)
         return self.proj(out), kv_out, reports
 
-    def _qkv(self, x, plan: SelfAttnPlan, rope_k: bool):
-        """q (normed, roped), k (normed; roped when ``rope_k`` and the fused path ran), v, each a
-        ``[B, heads, n, D]`` view, and whether k is roped.
+    def _qkv(self, x, plan: SelfAttnPlan, cp, rope_k: bool):
+        """q (normed, roped), k (normed; roped when ``rope_k`` and the fused path ran), v, each
+        ``[B, heads, n, D]``, and whether k is roped. Under context parallel ``cp``: this rank's
+        heads over every token.
 
         The fused path normalises and ropes q and k in place in the qkv output, so q, k, v stay
-        views of one ``[B, n, 3·C]`` tensor, which the attention kernels read as they are."""
+        views of one ``[B, n, 3·C]`` tensor, which the attention kernels read as they are. Context
+        parallel takes the torch path after its all-to-all (RoPE needs global positions)."""
         b, n, _ = x.shape
         qkv = self.qkv(x)
         cos, sin = plan.rope
         heads = self.num_heads
-        if fused_block_reason(qkv, self.head_dim) is None and qkv.is_contiguous():
+        if cp is None and fused_block_reason(qkv, self.head_dim) is None and qkv.is_contiguous():
             offset = cos.shape[0] - n  # queries sit after any cached frames
             rms_rope_op(qkv, 3, 0, heads, _like_weight(self.q_norm, qkv), cos, sin, offset, self.q_norm.eps)
             rms_rope_op(qkv, 3, 1, heads, _like_weight(self.k_norm, qkv), cos if rope_k else None,
@@ -143,23 +151,27 @@ class SelfAttention(nn.Module):
             q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             return q, k, v, rope_k
         q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if cp is not None:  # context parallel: from here on, this rank's heads over every token
+            q, k, v = cp.heads_from_sequence(q, k, v, plan.grid)
+            n = q.shape[2]
         q = apply_rope(self.q_norm(q), cos[-n:], sin[-n:])
         return q, self.k_norm(k), v, False
 
     def _attend(self, q, k, v, plan: SelfAttnPlan, opts: dict, n_cond: int, bsa, reports):
         """Plain, cached (queries over [cache; x]) or conditioning-split attention → ``[B, N, C]``."""
         t, h, w = plan.grid
+        heads = q.shape[1]  # fewer than num_heads under context parallel
         if not n_cond:
             grid_k = (plan.cached_frames + t, h, w)
-            return _core(q, k, v, plan.grid, grid_k, self.num_heads, self.attention, opts, bsa, reports)
+            return _core(q, k, v, plan.grid, grid_k, heads, self.attention, opts, bsa, reports)
         # Conditioning split: cond queries see only cond keys; noise queries see everything.
         tc = plan.cond_frames
         cond = _core(
             q[:, :, :n_cond], k[:, :, :n_cond], v[:, :, :n_cond], (tc, h, w), (tc, h, w),
-            self.num_heads, self.attention, opts, bsa, reports,
+            heads, self.attention, opts, bsa, reports,
         )
         noise = _core(
-            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), self.num_heads, self.attention, opts, bsa, reports
+            q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), heads, self.attention, opts, bsa, reports
         )
         return torch.cat([cond, noise], dim=1)
 

@@ -43,6 +43,7 @@ from .layers import (
     norm_affine,
     norm_modulate,
 )
+from .parallel import CP_OPTIONS_KEY
 from .rope import RopeCache
 
 
@@ -93,7 +94,8 @@ class LongCatBlock(nn.Module):
 
     def _cross(self, h, text, plan: SelfAttnPlan, opts):
         """Cross-attention output; conditioning tokens (split path) get exactly zero."""
-        n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
+        # Tokens per frame from h: a context-parallel shard holds part of every frame.
+        n_cond = plan.cond_frames * (h.shape[1] // plan.grid[0])
         if not n_cond:
             return self.cross_attn(h, text, opts)
         noise = self.cross_attn(h[:, n_cond:], text, opts)
@@ -157,13 +159,22 @@ class LongCatVideoDiT(nn.Module):
         t_emb = self.t_embedder(self._frame_timesteps(timestep, b, t, cond, cached, x.device))
         text = None if skip_cross_attn else self._embed_text(context, context_mask, b, x.dtype)
         grid = (t // self.patch_size[0], h // self.patch_size[1], w // self.patch_size[2])
+        cp = opts.get(CP_OPTIONS_KEY)  # longcat/parallel.py: this rank's token shard only
+        if cp is not None:
+            cp.check(self.num_heads, grid, kv_cache)
         plan = SelfAttnPlan(
             grid=grid, cond_frames=cond, cached_frames=cached, return_kv=return_kv, sigma=_first_sigma(opts),
             rope=self.rope.get((cached + grid[0], grid[1], grid[2]), self.head_dim, x.device),
+            context_parallel=cp,
         )
         tokens = self.x_embedder(x)
+        if cp is not None:
+            tokens = cp.shard(tokens, grid)
         tokens, new_cache = self._run_blocks(tokens, t_emb, text, plan, opts, kv_cache, offload_kv_cache)
-        out = self.unpatchify(self.final_layer(tokens, t_emb), grid).float()
+        tokens = self.final_layer(tokens, t_emb)
+        if cp is not None:
+            tokens = cp.gather(tokens, grid)
+        out = self.unpatchify(tokens, grid).float()
         return (out, new_cache) if return_kv else out
 
     def build_kv_cache(self, cond_latents, transformer_options=None, offload=False):

@@ -6,7 +6,16 @@ import os
 import comfy.model_management
 from comfy_api.latest import ComfyExtension, io
 
-from . import bsa, conditioning, loading, long_video, refinement, sampling, testing
+from . import (
+    bsa,
+    conditioning,
+    loading,
+    long_video,
+    multigpu,
+    refinement,
+    sampling,
+    testing,
+)
 from .logic import startup_kernel_note, triton_available
 
 log = logging.getLogger(__name__)
@@ -17,7 +26,7 @@ class LongCatExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loading.NODES, *bsa.NODES, *sampling.NODES, *conditioning.NODES,
-                 *refinement.NODES, *long_video.NODES]
+                 *refinement.NODES, *long_video.NODES, *multigpu.NODES]
         if os.environ.get(testing.TEST_NODES_ENV) == "1":
             nodes += testing.NODES
         cuda = comfy.model_management.get_torch_device().type == "cuda"  # --cpu included

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # transformer_options key: when True, apply_model takes the official 0..1000 timestep (per
 # batch or per latent frame) and returns the DiT's raw official output (and KV cache).
 RAW_OUTPUT_KEY = "longcat_raw_output"
+# transformer_options key of the LongCat Multi-GPU node's runner (nodes/multigpu.py): when
+# present, the DiT call goes through ``runner.forward(base_model, ...)`` on every GPU.
+MULTI_GPU_OPTIONS_KEY = "longcat_multi_gpu"
 
 
 def _build_dit(image_model=None, meta_init=False, dtype=None, device=None, operations=None,
@@ -123,8 +126,9 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 value = comfy.model_management.cast_to_device(value, device, dtype)
             extra[name] = value
-        out = self.diffusion_model(x.to(dtype), timestep, context,
-                                   transformer_options=transformer_options, **extra)
+        runner = transformer_options.get(MULTI_GPU_OPTIONS_KEY)
+        dit = self.diffusion_model if runner is None else functools.partial(runner.forward, self)
+        out = dit(x.to(dtype), timestep, context, transformer_options=transformer_options, **extra)
         if raw:
             return out
         # out is the official v; ComfyUI's CONST sampling wants -v (see module docstring).

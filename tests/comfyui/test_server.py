@@ -4,6 +4,7 @@ Prompts are API format, built here; models are the tiny ones from ``tiny_models.
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.comfyui
 SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "object_info.json"
 OUR_NODES = {"LongCatModelLoader", "LongCatLoRA", "LongCatBSASettings", "LongCatScheduler",
              "LongCatImageToVideo", "LongCatContinueVideo", "LongCatSampler", "LongCatRefine720p",
-             "LongCatLongVideo"}
+             "LongCatLongVideo", "LongCatMultiGPU"}
 STAGE1 = {"width": 64, "height": 32}  # latent 4x8, token grid 2x4
 REFINE = {"width": 128, "height": 64}  # multiples of 64: token grid 4x8, BSA chunk 4x4x4 fits
 
@@ -228,3 +229,52 @@ def test_cancel_stops_a_long_run_promptly(comfy_server):
     assert time.monotonic() - started < 30
     assert entry["status"]["status_str"] == "error"
     assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
+
+
+def _workers_of(pid: int) -> list[int]:
+    """PIDs of the multi-GPU worker processes started by process ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"parallel_worker" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="multi-GPU workers need Linux")
+def test_multi_gpu_refine_and_unload_models_stops_the_workers(comfy_server):
+    """Stage 1 and a BSA refine with LoRA through LongCat Multi-GPU (2 CPU processes here);
+    the worker stays between runs and goes when the user unloads the models."""
+    prompt = _base({
+        "50": {"class_type": "LongCatMultiGPU", "inputs": {"model": ["1", 0], "gpus": 2, "timeout": 120}},
+        **_stage1(),
+        "20": {"class_type": "LongCatLoRA",
+               "inputs": {"model": ["50", 0], "lora_name": TINY["official_lora"], "strength": 1.0}},
+        "21": {"class_type": "LongCatBSASettings", "inputs": {
+            "model": ["20", 0], "enable": True, "preset": "refine 720p", "sparsity": 0.9375,
+            "cdf_threshold": 0.0, "chunk_q": "4,4,4", "chunk_k": "4,4,4", "start_percent": 0.0,
+            "end_percent": 1.0, "dense_blocks": "", "backend": "auto"}},
+        "22": {"class_type": "LongCatRefine720p", "inputs": {
+            "model": ["21", 0], "vae": ["6", 0], "positive": ["2", 0], "frames": ["7", 0], **REFINE,
+            "t_thresh": 0.5, "spatial_refine_only": False, "seed": 4}},
+        "23": {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": "lc_multi"}},
+        "24": {"class_type": "PreviewAny", "inputs": {"source": ["22", 2]}},
+    })
+    prompt["5"]["inputs"]["model"] = ["50", 0]
+    entry = comfy_server.run(prompt)
+    assert len(_saved(entry, "23")) == 10
+    assert "sparse self-attention calls over 2 blocks" in "".join(entry["outputs"]["24"]["text"])
+    workers = _workers_of(comfy_server.proc.pid)
+    assert len(workers) == 1, workers
+    status, _ = comfy_server.post("/free", {"unload_models": True})
+    assert status == 200
+    deadline = time.monotonic() + 30
+    while _workers_of(comfy_server.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _workers_of(comfy_server.proc.pid) == []
+    log = comfy_server.log_text()
+    assert "LongCat multi-GPU worker rank" not in log and "WorkerError" not in log  # no worker failed
