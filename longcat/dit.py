@@ -46,7 +46,6 @@ from .layers import (
 from .parallel import CP_OPTIONS_KEY
 from .rope import RopeCache
 
-
 # Compiling the whole DiT (ComfyUI's TorchCompileModel) traces the block once and reuses that
 # graph for all 48 blocks instead of inlining 48 copies (torch >= 2.8; a no-op when not compiling).
 _compile_once = getattr(torch.compiler, "nested_compile_region", lambda fn: fn)

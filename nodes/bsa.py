@@ -6,7 +6,13 @@ import torch
 from comfy_api.latest import io
 
 from ..longcat.bsa_settings import BACKENDS, BSA_OPTIONS_KEY
-from .logic import PRESET_NAMES, build_bsa_settings, describe_settings, sigma_window, triton_available
+from .logic import (
+    PRESET_NAMES,
+    build_bsa_settings,
+    describe_settings,
+    sigma_window,
+    triton_available,
+)
 from .runtime import check_longcat
 
 log = logging.getLogger(__name__)
