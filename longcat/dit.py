@@ -46,11 +46,6 @@ from .layers import (
 from .parallel import CP_OPTIONS_KEY
 from .rope import RopeCache
 
-# Compiling the whole DiT (ComfyUI's TorchCompileModel) traces the block once and reuses that
-# graph for all 48 blocks instead of inlining 48 copies (torch >= 2.8; a no-op when not compiling).
-_compile_once = getattr(torch.compiler, "nested_compile_region", lambda fn: fn)
-
-
 class LongCatBlock(nn.Module):
     """One block: adaLN-modulated self-attention, ungated cross-attention, adaLN-modulated SwiGLU.
 
@@ -68,7 +63,6 @@ class LongCatBlock(nn.Module):
         self.mod_norm_ffn = operations.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS, **kw)
         self.ffn = SwiGLU(dim, mlp_ratio, operations=operations, **kw)
 
-    @_compile_once
     def forward(self, x, t_emb, text, plan: SelfAttnPlan, opts: dict, cache=None, bsa=None):
         """x ``[B, N, C]`` (compute dtype), t_emb fp32 ``[B, T, t_dim]``, text TextInputs or None
         (skip cross-attention), bsa: this block's BSA settings or None (dense self-attention)
