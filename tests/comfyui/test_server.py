@@ -141,20 +141,28 @@ def _stage1(sampler_id="5"):
     }
 
 
-def test_sampler_then_refine_with_bsa(comfy_server):
-    prompt = _base({
-        **_stage1(),
+
+def _lora_bsa_refine(model, dense_blocks, prefix):
+    """Nodes 20-24: official LoRA on ``model``, BSA at the refine preset, Refine 720p of stage 1's
+    frames, the frames saved and the refine's BSA report previewed."""
+    return {
         "20": {"class_type": "LongCatLoRA",
-               "inputs": {"model": ["1", 0], "lora_name": TINY["official_lora"], "strength": 1.0}},
+               "inputs": {"model": model, "lora_name": TINY["official_lora"], "strength": 1.0}},
         "21": {"class_type": "LongCatBSASettings", "inputs": {
             "model": ["20", 0], "enable": True, "preset": "refine 720p", "sparsity": 0.9375,
             "cdf_threshold": 0.0, "chunk_q": "4,4,4", "chunk_k": "4,4,4", "start_percent": 0.0,
-            "end_percent": 1.0, "dense_blocks": "1", "backend": "auto"}},
+            "end_percent": 1.0, "dense_blocks": dense_blocks, "backend": "auto"}},
         "22": {"class_type": "LongCatRefine720p", "inputs": {
             "model": ["21", 0], "vae": ["6", 0], "positive": ["2", 0], "frames": ["7", 0], **REFINE,
             "t_thresh": 0.5, "spatial_refine_only": False, "seed": 4}},
-        "23": {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": "lc_refine"}},
+        "23": {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": prefix}},
         "24": {"class_type": "PreviewAny", "inputs": {"source": ["22", 2]}},
+    }
+
+def test_sampler_then_refine_with_bsa(comfy_server):
+    prompt = _base({
+        **_stage1(),
+        **_lora_bsa_refine(["1", 0], dense_blocks="1", prefix="lc_refine"),
         "25": {"class_type": "PreviewAny", "inputs": {"source": ["21", 1]}},
     })
     entry = comfy_server.run(prompt)
@@ -252,17 +260,7 @@ def test_multi_gpu_refine_and_unload_models_stops_the_workers(comfy_server):
     prompt = _base({
         "50": {"class_type": "LongCatMultiGPU", "inputs": {"model": ["1", 0], "gpus": 2, "timeout": 120}},
         **_stage1(),
-        "20": {"class_type": "LongCatLoRA",
-               "inputs": {"model": ["50", 0], "lora_name": TINY["official_lora"], "strength": 1.0}},
-        "21": {"class_type": "LongCatBSASettings", "inputs": {
-            "model": ["20", 0], "enable": True, "preset": "refine 720p", "sparsity": 0.9375,
-            "cdf_threshold": 0.0, "chunk_q": "4,4,4", "chunk_k": "4,4,4", "start_percent": 0.0,
-            "end_percent": 1.0, "dense_blocks": "", "backend": "auto"}},
-        "22": {"class_type": "LongCatRefine720p", "inputs": {
-            "model": ["21", 0], "vae": ["6", 0], "positive": ["2", 0], "frames": ["7", 0], **REFINE,
-            "t_thresh": 0.5, "spatial_refine_only": False, "seed": 4}},
-        "23": {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": "lc_multi"}},
-        "24": {"class_type": "PreviewAny", "inputs": {"source": ["22", 2]}},
+        **_lora_bsa_refine(["50", 0], dense_blocks="", prefix="lc_multi"),
     })
     prompt["5"]["inputs"]["model"] = ["50", 0]
     entry = comfy_server.run(prompt)
