@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..kernels.block_ops import fused_block_reason, rms_rope_op
+from ..kernels.block_ops import fused_block_reason
 from .bsa_settings import BSA_LOG_KEY
 from .layers import RMSNorm
 from .rope import apply_rope
@@ -145,9 +145,11 @@ class SelfAttention(nn.Module):
         heads = self.num_heads
         if cp is None and fused_block_reason(qkv, self.head_dim) is None and qkv.is_contiguous():
             offset = cos.shape[0] - n  # queries sit after any cached frames
-            rms_rope_op(qkv, 3, 0, heads, _like_weight(self.q_norm, qkv), cos, sin, offset, self.q_norm.eps)
-            rms_rope_op(qkv, 3, 1, heads, _like_weight(self.k_norm, qkv), cos if rope_k else None,
-                        sin if rope_k else None, 0, self.k_norm.eps)
+            self.q_norm.fused_in_place(qkv, 3, 0, heads, cos, sin, offset)
+            if rope_k:
+                self.k_norm.fused_in_place(qkv, 3, 1, heads, cos, sin)
+            else:
+                self.k_norm.fused_in_place(qkv, 3, 1, heads)
             q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             return q, k, v, rope_k
         q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -174,11 +176,6 @@ class SelfAttention(nn.Module):
             q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), heads, self.attention, opts, bsa, reports
         )
         return torch.cat([cond, noise], dim=1)
-
-
-def _like_weight(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """An RMSNorm's weight on x's device and in x's dtype (as the torch path multiplies by it)."""
-    return norm.weight.to(device=x.device, dtype=x.dtype)
 
 
 def _match(cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -226,7 +223,7 @@ class CrossAttention(nn.Module):
         heads, d = self.num_heads, self.head_dim
         q = self.q_linear(x)
         if fused_block_reason(q, d) is None and q.is_contiguous():
-            rms_rope_op(q, 1, 0, heads, _like_weight(self.q_norm, q), None, None, 0, self.q_norm.eps)
+            self.q_norm.fused_in_place(q, 1, 0, heads)
             q = q.view(b, n, heads, d).transpose(1, 2)
         else:
             q = self.q_norm(q.view(b, n, heads, d)).transpose(1, 2)

@@ -20,6 +20,7 @@ from ..kernels.block_ops import (
     fused_block_reason,
     gated_residual_op,
     ln_modulate_op,
+    rms_rope_op,
     swiglu_op,
 )
 from .scaled_fp8 import dequantize
@@ -131,6 +132,12 @@ class RMSNorm(nn.Module):
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         return normed * _like(self.weight, x)
+
+    def fused_in_place(self, x, parts, part, heads, cos=None, sin=None, rope_offset=0) -> None:
+        """The GPU path (``fused_block_reason(x)`` is None): this norm over each head of ``part``
+        of x ``[B, N, parts·heads·D]`` (contiguous), in place, then RoPE with rows
+        ``rope_offset + n`` of ``cos``/``sin`` unless they are None; same roundings as ``forward``."""
+        rms_rope_op(x, parts, part, heads, _like(self.weight, x), cos, sin, rope_offset, self.eps)
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
