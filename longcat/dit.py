@@ -46,6 +46,7 @@ from .layers import (
 from .parallel import CP_OPTIONS_KEY
 from .rope import RopeCache
 
+
 class LongCatBlock(nn.Module):
     """One block: adaLN-modulated self-attention, ungated cross-attention, adaLN-modulated SwiGLU.
 
@@ -156,7 +157,7 @@ class LongCatVideoDiT(nn.Module):
         if cp is not None:
             cp.check(self.num_heads, grid, kv_cache)
         plan = SelfAttnPlan(
-            grid=grid, cond_frames=cond, cached_frames=cached, return_kv=return_kv, sigma=_first_sigma(opts),
+            grid=grid, cond_frames=cond, cached_frames=cached, return_kv=return_kv, sigma=window_sigma(opts),
             rope=self.rope.get((cached + grid[0], grid[1], grid[2]), self.head_dim, x.device),
             context_parallel=cp,
         )
@@ -285,7 +286,7 @@ def _block_bsa(settings, block_index: int, plan: SelfAttnPlan):
     return settings if settings.applies(block_index, plan.sigma) else None
 
 
-def _first_sigma(opts: dict) -> float | None:
+def window_sigma(opts: dict) -> float | None:
     """The current sigma from ``transformer_options["sigmas"]`` (first element), or None.
 
     Read only for a BSA step window: reading a device tensor is a host sync (and a graph break

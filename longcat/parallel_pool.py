@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from .bsa_settings import BSA_OPTIONS_KEY
+from .dit import window_sigma
 from .parallel import CP_OPTIONS_KEY, ContextParallel, check_world_size
 from .parallel_worker import BOOTSTRAP, FORWARD_INPUTS, send, tensor_meta
 
@@ -320,7 +321,7 @@ class WorkerPool:
             "return_kv": bool(return_kv), "store_cache_as": next(self._cache_ids) if return_kv else None,
             "skip_cross_attn": bool(skip_cross_attn), "offload_kv_cache": bool(offload_kv_cache),
             "bsa": None if settings is None else dataclasses.asdict(settings),
-            "sigma": _window_sigma(settings, opts.get("sigmas")),
+            "sigma": window_sigma(opts),
         }
         def run_rank0():
             for name in FORWARD_INPUTS:
@@ -480,9 +481,3 @@ def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else text
 
-
-def _window_sigma(settings, sigmas) -> float | None:
-    """The current sigma, read only when a BSA step window needs it (it is a device sync)."""
-    if settings is None or sigmas is None or not settings.has_step_window:
-        return None
-    return float(torch.as_tensor(sigmas).flatten()[0])
