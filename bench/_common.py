@@ -42,3 +42,16 @@ def random_qkv(grid, gen=None):
     """q, k, v ``[1, HEADS, T·H·W, HEAD_DIM]`` bf16 on CUDA, standard normal, raster order."""
     return tuple(torch.randn(1, HEADS, math.prod(grid), HEAD_DIM, device="cuda",
                              dtype=torch.bfloat16, generator=gen) for _ in range(3))
+
+
+def random_dit(config=None, device="cuda", dtype=torch.bfloat16, vector_std=0.02):
+    """The LongCat DiT (published config, or ``config``) with random weights allocated directly on
+    ``device`` (no CPU copy): matrices N(0, 1/fan_in), vectors (biases, norm weights) N(0, vector_std²)."""
+    from longcat_pack.longcat.dit import LongCatVideoDiT
+
+    model = LongCatVideoDiT(**(config or {}), device="meta", dtype=dtype).to_empty(device=device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else vector_std)
+    return model.eval()
+

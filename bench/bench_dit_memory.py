@@ -17,33 +17,17 @@ Usage (CUDA): python bench/bench_dit_memory.py --out bench/results/<name>.json [
 import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack
-
-import_pack()
+from _common import random_dit
 from longcat_pack.longcat.bsa_settings import BSA_OPTIONS_KEY, BSASettings
-from longcat_pack.longcat.dit import LongCatVideoDiT
 
 TINY = dict(hidden_size=64, depth=2, num_heads=2, caption_channels=32, adaln_tembed_dim=32,
             frequency_embedding_size=16)
 # name: (batch, latent T, latent H, latent W, BSA on)
 CASES = {"480p": (2, 24, 60, 104, False), "refine": (1, 48, 88, 160, True)}
 TINY_CASES = {"480p": (2, 3, 6, 10, False), "refine": (1, 4, 8, 8, True)}
-
-
-def build(device, dtype, tiny):
-    """The DiT with random weights, allocated directly on ``device`` (no CPU copy)."""
-    config = TINY if tiny else {}
-    model = LongCatVideoDiT(**config, device="meta", dtype=dtype).to_empty(device=device)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else 0.02)
-    return model.eval()
 
 
 def forward_stats(model, case, device, dtype, caption_channels):
@@ -80,7 +64,7 @@ def main():
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
-    model = build(device, dtype, args.tiny)
+    model = random_dit(TINY if args.tiny else None, device, dtype)
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     caption = model.y_embedder.y_proj[0].in_features
     cases = TINY_CASES if args.tiny else CASES

@@ -38,15 +38,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack
-
-import_pack()
+from _common import random_dit
 from longcat_pack.kernels import block_ops
 from longcat_pack.longcat.bsa_settings import BSA_OPTIONS_KEY, BSASettings
-from longcat_pack.longcat.dit import LongCatVideoDiT
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # name: (batch, latent T, H, W, BSA)
 CASES = {"480p": (2, 24, 60, 104, False), "720p": (1, 24, 88, 160, True), "refine": (1, 48, 88, 160, True)}
@@ -88,14 +83,6 @@ def import_official(root: Path):
     from longcat_video.modules.longcat_video_dit import LongCatVideoTransformer3DModel
 
     return LongCatVideoTransformer3DModel
-
-
-def build_ours():
-    model = LongCatVideoDiT(device="meta", dtype=torch.bfloat16).to_empty(device="cuda")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else 0.3)
-    return model.eval()
 
 
 def build_official(cls, ours, bsa):
@@ -193,7 +180,7 @@ def profile_case(name, out):
     from torch.profiler import ProfilerActivity, profile
 
     b, t, h, w, bsa = CASES[name]
-    ours = build_ours()
+    ours = random_dit(vector_std=0.3)
     x = torch.randn(b, 16, t, h, w, device="cuda", dtype=torch.bfloat16)
     ctx = torch.randn(b, TEXT_TOKENS, 4096, device="cuda", dtype=torch.bfloat16)
     opts = {BSA_OPTIONS_KEY: BSASettings(sparsity=0.9375)} if bsa else {}
@@ -240,7 +227,7 @@ def main():
     if args.official is None:
         parser.error("--official is required unless --profile")
     official_cls = import_official(args.official)
-    ours = build_ours()
+    ours = random_dit(vector_std=0.3)
     result = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
               "python": platform.python_version(), "rows": []}
     import triton
