@@ -44,14 +44,29 @@ def random_qkv(grid, gen=None):
                              dtype=torch.bfloat16, generator=gen) for _ in range(3))
 
 
-def random_dit(config=None, device="cuda", dtype=torch.bfloat16, vector_std=0.02):
+def random_dit(config=None, device="cuda", dtype=torch.bfloat16, vector_std=0.02, block_kernels="auto"):
     """The LongCat DiT (published config, or ``config``) with random weights allocated directly on
-    ``device`` (no CPU copy): matrices N(0, 1/fan_in), vectors (biases, norm weights) N(0, vector_std²)."""
+    ``device`` (no CPU copy): matrices N(0, 1/fan_in), vectors (biases, norm weights) N(0, vector_std²).
+    block_kernels: "auto" (what the loaders pick for ``device`` and ``dtype``), "fused" or "torch"."""
+    from longcat_pack.longcat.build import resolve_block_kernels
     from longcat_pack.longcat.dit import LongCatVideoDiT
 
-    model = LongCatVideoDiT(**(config or {}), device="meta", dtype=dtype).to_empty(device=device)
+    kernels = resolve_block_kernels(block_kernels, device, dtype, config or {})
+    model = LongCatVideoDiT(**(config or {}), device="meta", dtype=dtype, block_kernels=kernels)
+    model = model.to_empty(device=device)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else vector_std)
     return model.eval()
 
+
+def same_weights(model, block_kernels):
+    """A second DiT on ``model``'s very tensors (shared, no copy) with other block kernels."""
+    from longcat_pack.longcat.dit import LongCatVideoDiT
+    from longcat_pack.longcat.weights import infer_config
+
+    state = model.state_dict()
+    twin = LongCatVideoDiT(**infer_config(state), text_tokens_zero_pad=model.text_tokens_zero_pad, device="meta",
+                           block_kernels=block_kernels)
+    twin.load_state_dict(state, assign=True)
+    return twin.eval()

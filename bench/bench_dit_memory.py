@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 from _common import random_dit
-from longcat_pack.longcat.bsa_settings import BSA_OPTIONS_KEY, BSASettings
+from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.options import BSA_OPTIONS_KEY
 
 TINY = dict(hidden_size=64, depth=2, num_heads=2, caption_channels=32, adaln_tembed_dim=32,
             frequency_embedding_size=16)

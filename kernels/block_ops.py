@@ -2,35 +2,32 @@
 
 ``torch.compile`` sees each as one opaque node with a fake, so a compiled block keeps them (no
 graph break) and eager and compiled runs give the same numbers. The in-place ops declare what
-they mutate. ``fused_block_reason`` says whether a tensor can take the fused path, or why not.
+they mutate. ``fused_block_reason`` says whether the kernels can run for a device, dtype and
+head size, or why not; the model decides once, where it is built (``longcat/block_kernels.py``).
 
-Imports only torch (triton lazily); must not import the model package or ComfyUI.
+Imports only torch (triton lazily); must not import the model package or ComfyUI. No module
+state: nothing here is switched by the environment.
 """
-
-import os
 
 import torch
 
 _NAMESPACE = "longcat_block"
-# LONGCAT_FUSED_BLOCK=0 keeps the torch path on the GPU too (comparisons, a way out of a bad kernel).
-_DISABLED = os.environ.get("LONGCAT_FUSED_BLOCK", "1") == "0"
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Tests set this to run the kernels on CPU tensors under TRITON_INTERPRET=1 (fp16/fp32 only);
-# otherwise CPU tensors always take the torch path.
-CPU_INTERPRETER = False
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def fused_block_reason(x: torch.Tensor, head_dim: int = 128) -> str | None:
-    """None when the fused kernels can run on ``x`` (heads of ``head_dim`` features for
-    ``rms_rope_op``); else why not (the torch path runs then)."""
-    if _DISABLED:
-        return "LONGCAT_FUSED_BLOCK=0"
-    if not x.is_cuda and not (CPU_INTERPRETER and os.environ.get("TRITON_INTERPRET") == "1"):
-        return f"tensors are on {x.device.type}"
-    if x.dtype not in _DTYPES:
-        return f"dtype {x.dtype}"
+def fused_block_reason(device, dtype: torch.dtype | None = None, head_dim: int = 128) -> str | None:
+    """None when the fused kernels can run on ``device`` for activations of ``dtype`` (None: not
+    known yet) and heads of ``head_dim`` features; else why not (the torch ops run then).
+
+    Only CUDA counts: the Triton interpreter (``TRITON_INTERPRET=1``, for tests) runs them on the
+    CPU too, but only when asked for explicitly."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"the model runs on {device.type}"
+    if dtype is not None and dtype not in DTYPES:
+        return f"compute dtype {dtype}"
     if head_dim & (head_dim - 1) or head_dim < 16:
-        return f"head_dim {head_dim} is not a power of two ≥ 16"
+        return f"head_dim {head_dim} is not a power of two >= 16"
     try:
         from . import block_triton  # noqa: F401
     except ImportError as err:

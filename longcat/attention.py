@@ -6,8 +6,8 @@ carry ``longcat_bsa`` settings that apply to this block and sigma and the grid h
 otherwise the injected dense ``attention`` function (ComfyUI's ``optimized_attention`` signature,
 so its backends and patches apply). Conditioning split and KV cache follow the official code
 (docs/pipelines.md). Cross-attention (``cross_attn``) is always dense and has no RoPE.
-Imports nothing from ComfyUI; the BSA kernels are imported only when BSA runs, and the fused
-q/k RMSNorm + RoPE (``kernels.block_ops``) imports triton only when it runs on the GPU.
+The q/k RMSNorm + RoPE is the injected ``block_kernels`` (``longcat/block_kernels.py``: torch ops
+or the fused kernels). Imports nothing from ComfyUI.
 """
 
 from dataclasses import dataclass
@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..kernels.block_ops import fused_block_reason
-from .bsa_settings import BSA_LOG_KEY
+from ..kernels import block_sparse_attention
+from .block_kernels import TORCH_KERNELS, norm_rope, split_heads
 from .layers import RMSNorm
+from .options import BSA_LOG_KEY
 from .rope import apply_rope
 
 
@@ -71,13 +72,6 @@ class SelfAttnPlan:
     context_parallel: object | None = None
 
 
-def _block_sparse_attention(*args, **kwargs):
-    # Imported at call time: dense-only use never loads the kernels (or triton).
-    from ..kernels import block_sparse_attention
-
-    return block_sparse_attention(*args, **kwargs)
-
-
 def _core(q, k, v, grid_q, grid_k, heads, attention, opts, bsa, reports):
     """Attention core on ``[B, heads, S, D]`` → ``[B, Sq, heads·D]``; BSA when ``bsa`` is not None.
 
@@ -86,7 +80,7 @@ def _core(q, k, v, grid_q, grid_k, heads, attention, opts, bsa, reports):
     if bsa is None:
         return attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
     want_report = opts.get(BSA_LOG_KEY) is not None
-    result = _block_sparse_attention(q, k, v, grid_q, grid_k, **bsa.kernel_kwargs(), return_report=want_report)
+    result = block_sparse_attention(q, k, v, grid_q, grid_k, **bsa.kernel_kwargs(), return_report=want_report)
     if want_report:
         result, report = result
         reports.append(report)
@@ -96,11 +90,13 @@ def _core(q, k, v, grid_q, grid_k, heads, attention, opts, bsa, reports):
 class SelfAttention(nn.Module):
     """Self-attention. Keys ``qkv`` (feature order [q | k | v], head-major), ``q_norm``, ``k_norm``, ``proj``."""
 
-    def __init__(self, dim: int, num_heads: int, attention, device=None, dtype=None, operations=nn):
+    def __init__(self, dim: int, num_heads: int, attention, device=None, dtype=None, operations=nn,
+                 block_kernels=TORCH_KERNELS):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attention = attention
+        self.block_kernels = block_kernels
         self.qkv = operations.Linear(dim, 3 * dim, bias=True, device=device, dtype=dtype)
         self.q_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
         self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
@@ -115,7 +111,8 @@ class SelfAttention(nn.Module):
         for the dense ``attention``.
         """
         cp = plan.context_parallel
-        q, k, v, roped_k = self._qkv(x, plan, cp, rope_k=cache is None and not plan.return_kv)
+        rope_k = cache is None and not plan.return_kv  # else k is roped after the cache joins it
+        q, k, v = self._qkv(x, plan, cp, rope_k)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         kv_out = None
         if plan.return_kv:
@@ -123,7 +120,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k = torch.cat([_match(cache[0], k), k], dim=2)
             v = torch.cat([_match(cache[1], v), v], dim=2)
-        if not roped_k:
+        if not rope_k:
             k = apply_rope(k, *plan.rope)
         reports = []
         out = self._attend(q, k, v, plan, opts, n_cond, bsa, reports)
@@ -132,32 +129,17 @@ class SelfAttention(nn.Module):
         return self.proj(out), kv_out, reports
 
     def _qkv(self, x, plan: SelfAttnPlan, cp, rope_k: bool):
-        """q (normed, roped), k (normed; roped when ``rope_k`` and the fused path ran), v, each
-        ``[B, heads, n, D]``, and whether k is roped. Under context parallel ``cp``: this rank's
-        heads over every token.
+        """q (normed, roped), k (normed; roped if ``rope_k``), v, each ``[B, heads, n, D]``; under
+        context parallel ``cp``, this rank's heads over every token.
 
-        The fused path normalises and ropes q and k in place in the qkv output, so q, k, v stay
-        views of one ``[B, n, 3·C]`` tensor, which the attention kernels read as they are. Context
-        parallel takes the torch path after its all-to-all (RoPE needs global positions)."""
-        b, n, _ = x.shape
+        Context parallel norms and ropes with torch ops after its all-to-all (RoPE needs the
+        global positions, and the fused kernels take the packed ``[B, n, 3·C]`` qkv)."""
         qkv = self.qkv(x)
         cos, sin = plan.rope
-        heads = self.num_heads
-        if cp is None and fused_block_reason(qkv, self.head_dim) is None and qkv.is_contiguous():
-            offset = cos.shape[0] - n  # queries sit after any cached frames
-            self.q_norm.fused_in_place(qkv, 3, 0, heads, cos, sin, offset)
-            if rope_k:
-                self.k_norm.fused_in_place(qkv, 3, 1, heads, cos, sin)
-            else:
-                self.k_norm.fused_in_place(qkv, 3, 1, heads)
-            q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            return q, k, v, rope_k
-        q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if cp is not None:  # context parallel: from here on, this rank's heads over every token
-            q, k, v = cp.heads_from_sequence(q, k, v, plan.grid)
-            n = q.shape[2]
-        q = apply_rope(self.q_norm(q), cos[-n:], sin[-n:])
-        return q, self.k_norm(k), v, False
+        if cp is None:
+            return self.block_kernels.qkv_norm_rope(qkv, self.q_norm, self.k_norm, self.num_heads, cos, sin, rope_k)
+        q, k, v = cp.heads_from_sequence(*split_heads(qkv, 3, self.num_heads), plan.grid)
+        return (*norm_rope(q, k, self.q_norm, self.k_norm, cos, sin, rope_k), v)
 
     def _attend(self, q, k, v, plan: SelfAttnPlan, opts: dict, n_cond: int, bsa, reports):
         """Plain, cached (queries over [cache; x]) or conditioning-split attention → ``[B, N, C]``."""
@@ -206,11 +188,13 @@ class TextInputs:
 class CrossAttention(nn.Module):
     """Video → text attention, no RoPE. Keys ``q_linear``, ``kv_linear`` ([k | v]), ``q_norm``, ``k_norm``, ``proj``."""
 
-    def __init__(self, dim: int, num_heads: int, attention, device=None, dtype=None, operations=nn):
+    def __init__(self, dim: int, num_heads: int, attention, device=None, dtype=None, operations=nn,
+                 block_kernels=TORCH_KERNELS):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attention = attention
+        self.block_kernels = block_kernels
         self.q_linear = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
         self.kv_linear = operations.Linear(dim, 2 * dim, bias=True, device=device, dtype=dtype)
         self.q_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
@@ -219,14 +203,9 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, text: TextInputs, opts: dict) -> torch.Tensor:
         """x ``[B, N, C]`` → ``[B, N, C]``; each item's queries attend to its own text tokens."""
-        b, n, _ = x.shape
+        b = x.shape[0]
         heads, d = self.num_heads, self.head_dim
-        q = self.q_linear(x)
-        if fused_block_reason(q, d) is None and q.is_contiguous():
-            self.q_norm.fused_in_place(q, 1, 0, heads)
-            q = q.view(b, n, heads, d).transpose(1, 2)
-        else:
-            q = self.q_norm(q.view(b, n, heads, d)).transpose(1, 2)
+        q = self.block_kernels.head_norm(self.q_norm, self.q_linear(x), heads)
         k, v = self.kv_linear(text.y).view(b, -1, 2, heads, d).unbind(2)
         k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
         if text.keep is None:

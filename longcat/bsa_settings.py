@@ -1,6 +1,6 @@
 """BSA settings carried by a MODEL: what the DiT's self-attention reads to go block-sparse.
 
-A ``BSASettings`` sits in ``transformer_options[BSA_OPTIONS_KEY]``; the DiT uses block-sparse
+A ``BSASettings`` sits in ``transformer_options[options.BSA_OPTIONS_KEY]``; the DiT uses block-sparse
 attention for self-attention when it is present, the latent grid has T > 1, the block
 is not listed in ``dense_blocks`` and the current sigma lies in ``[sigma_min, sigma_max]``.
 Frozen so a cloned MODEL can share it safely. Imports nothing from ComfyUI.
@@ -14,11 +14,6 @@ PUBLISHED_SPARSITY = 0.9375
 PUBLISHED_CHUNK = (4, 4, 4)
 BACKENDS = ("auto", "triton", "torch")
 
-# transformer_options keys (docs/ARCHITECTURE.md): the BSA node stores its settings under the
-# first; the sampler puts a per-run log (an object with ``record(block_index, report)``) under
-# the second, and the DiT calls it after each BSA call.
-BSA_OPTIONS_KEY = "longcat_bsa"
-BSA_LOG_KEY = "longcat_bsa_log"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from .attention import (
     TextInputs,
     sdpa_attention,
 )
-from .bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY
+from .block_kernels import TORCH_KERNELS
 from .guidance import round_timestep_bf16
 from .layers import (
     NORM_EPS,
@@ -38,12 +38,16 @@ from .layers import (
     PatchEmbed3D,
     SwiGLU,
     TimestepEmbedder,
-    gated_residual,
     linear_fp32,
-    norm_affine,
-    norm_modulate,
 )
-from .parallel import CP_OPTIONS_KEY
+from .options import (
+    BLOCK_INDEX_KEY,
+    BSA_LOG_KEY,
+    BSA_OPTIONS_KEY,
+    CP_OPTIONS_KEY,
+    PATCHES_REPLACE_KEY,
+    SIGMAS_KEY,
+)
 from .rope import RopeCache
 
 
@@ -53,16 +57,19 @@ class LongCatBlock(nn.Module):
     Keys: ``adaLN_modulation.1``, ``pre_crs_attn_norm``, ``attn.*``, ``cross_attn.*``, ``ffn.*``.
     """
 
-    def __init__(self, dim, num_heads, mlp_ratio, t_dim, attention, device=None, dtype=None, operations=nn):
+    def __init__(self, dim, num_heads, mlp_ratio, t_dim, attention, device=None, dtype=None, operations=nn,
+                 block_kernels=TORCH_KERNELS):
         super().__init__()
+        self.block_kernels = block_kernels
         kw = {"device": device, "dtype": dtype}
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(t_dim, 6 * dim, bias=True, **kw))
         self.mod_norm_attn = operations.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS, **kw)
-        self.attn = SelfAttention(dim, num_heads, attention, operations=operations, **kw)
+        self.attn = SelfAttention(dim, num_heads, attention, operations=operations, block_kernels=block_kernels, **kw)
         self.pre_crs_attn_norm = operations.LayerNorm(dim, elementwise_affine=True, eps=NORM_EPS, **kw)
-        self.cross_attn = CrossAttention(dim, num_heads, attention, operations=operations, **kw)
+        self.cross_attn = CrossAttention(dim, num_heads, attention, operations=operations, block_kernels=block_kernels,
+                                         **kw)
         self.mod_norm_ffn = operations.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS, **kw)
-        self.ffn = SwiGLU(dim, mlp_ratio, operations=operations, **kw)
+        self.ffn = SwiGLU(dim, mlp_ratio, operations=operations, block_kernels=block_kernels, **kw)
 
     def forward(self, x, t_emb, text, plan: SelfAttnPlan, opts: dict, cache=None, bsa=None):
         """x ``[B, N, C]`` (compute dtype), t_emb fp32 ``[B, T, t_dim]``, text TextInputs or None
@@ -76,15 +83,16 @@ class LongCatBlock(nn.Module):
         mod = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
 
-        attn, kv, reports = self.attn(norm_modulate(self.mod_norm_attn, x, shift_msa, scale_msa),
+        ops = self.block_kernels
+        attn, kv, reports = self.attn(ops.norm_modulate(self.mod_norm_attn, x, shift_msa, scale_msa),
                                       plan, opts, cache, bsa)
-        x = gated_residual(x, attn, gate_msa)
+        x = ops.gated_residual(x, attn, gate_msa)
 
         if text is not None:
-            x = x + self._cross(norm_affine(self.pre_crs_attn_norm, x), text, plan, opts)
+            x = x + self._cross(ops.norm_affine(self.pre_crs_attn_norm, x), text, plan, opts)
 
-        ffn = self.ffn(norm_modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp))
-        return gated_residual(x, ffn, gate_mlp), kv, reports
+        ffn = self.ffn(ops.norm_modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp))
+        return ops.gated_residual(x, ffn, gate_mlp), kv, reports
 
     def _cross(self, h, text, plan: SelfAttnPlan, opts):
         """Cross-attention output; conditioning tokens (split path) get exactly zero."""
@@ -101,14 +109,16 @@ class LongCatVideoDiT(nn.Module):
 
     ``attention``: dense attention callable (ComfyUI ``optimized_attention`` signature), default
     ``sdpa_attention``. ``operations``: namespace with ``Linear``, ``Conv3d``, ``LayerNorm``
-    (default ``torch.nn``). ``device``/``dtype``: where and how parameters are created
-    (``device="meta"`` for a free skeleton to load into with ``assign=True``).
+    (default ``torch.nn``). ``block_kernels``: the blocks' elementwise kernels
+    (``block_kernels.TORCH_KERNELS``, the default, or ``FUSED_KERNELS``; the loaders pick them
+    per device with ``block_kernels.choose_block_kernels``). ``device``/``dtype``: where and how
+    parameters are created (``device="meta"`` for a free skeleton to load into with ``assign=True``).
     """
 
     def __init__(self, in_channels=16, out_channels=16, hidden_size=4096, depth=48, num_heads=32,
                  caption_channels=4096, mlp_ratio=4, adaln_tembed_dim=512, frequency_embedding_size=256,
                  patch_size=(1, 2, 2), text_tokens_zero_pad=True, attention=None, device=None, dtype=None,
-                 operations=None):
+                 operations=None, block_kernels=None):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
@@ -116,7 +126,9 @@ class LongCatVideoDiT(nn.Module):
             raise ValueError(f"patch_size must be (1, ph, pw) (per-frame modulation), got {tuple(patch_size)}")
         operations = nn if operations is None else operations
         attention = sdpa_attention if attention is None else attention
+        self.block_kernels = TORCH_KERNELS if block_kernels is None else block_kernels
         kw = {"device": device, "dtype": dtype, "operations": operations}
+        block_kw = {**kw, "block_kernels": self.block_kernels}
         self.in_channels, self.out_channels = in_channels, out_channels
         self.hidden_size, self.num_heads, self.depth = hidden_size, num_heads, depth
         self.head_dim = hidden_size // num_heads
@@ -126,9 +138,11 @@ class LongCatVideoDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(adaln_tembed_dim, frequency_embedding_size, **kw)
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, **kw)
         self.blocks = nn.ModuleList(
-            LongCatBlock(hidden_size, num_heads, mlp_ratio, adaln_tembed_dim, attention, **kw) for _ in range(depth)
+            LongCatBlock(hidden_size, num_heads, mlp_ratio, adaln_tembed_dim, attention, **block_kw)
+            for _ in range(depth)
         )
-        self.final_layer = FinalLayer(hidden_size, adaln_tembed_dim, math.prod(self.patch_size) * out_channels, **kw)
+        self.final_layer = FinalLayer(hidden_size, adaln_tembed_dim, math.prod(self.patch_size) * out_channels,
+                                      **block_kw)
         self.rope = RopeCache()
 
     def forward(self, x, timestep, context, context_mask=None, num_cond_latents=0, kv_cache=None,
@@ -153,7 +167,7 @@ class LongCatVideoDiT(nn.Module):
         t_emb = self.t_embedder(self._frame_timesteps(timestep, b, t, cond, cached, x.device))
         text = None if skip_cross_attn else self._embed_text(context, context_mask, b, x.dtype)
         grid = (t // self.patch_size[0], h // self.patch_size[1], w // self.patch_size[2])
-        cp = opts.get(CP_OPTIONS_KEY)  # longcat/parallel.py: this rank's token shard only
+        cp = opts.get(CP_OPTIONS_KEY)  # parallel/exchange.py: this rank's token shard only
         if cp is not None:
             cp.check(self.num_heads, grid, kv_cache)
         plan = SelfAttnPlan(
@@ -184,11 +198,11 @@ class LongCatVideoDiT(nn.Module):
 
         Per-block decisions (BSA or dense, the BSA log) are taken here, outside the blocks, so a
         compiled block sees the same inputs in every block."""
-        replace = opts.get("patches_replace", {}).get("dit", {})
+        replace = opts.get(PATCHES_REPLACE_KEY, {}).get("dit", {})
         settings, log = opts.get(BSA_OPTIONS_KEY), opts.get(BSA_LOG_KEY)
         new_cache = {} if plan.return_kv else None
         for i, block in enumerate(self.blocks):
-            opts["block_index"] = i
+            opts[BLOCK_INDEX_KEY] = i
             cache = None if kv_cache is None else kv_cache[i]
             bsa = _block_bsa(settings, i, plan)
             kv_slot, reports = [], []
@@ -292,7 +306,7 @@ def window_sigma(opts: dict) -> float | None:
     Read only for a BSA step window: reading a device tensor is a host sync (and a graph break
     under torch.compile) that dense runs and unwindowed BSA do not need."""
     settings = opts.get(BSA_OPTIONS_KEY)
-    sigmas = opts.get("sigmas")
+    sigmas = opts.get(SIGMAS_KEY)
     if sigmas is None or settings is None or not settings.has_step_window:
         return None
     return float(torch.as_tensor(sigmas).flatten()[0])

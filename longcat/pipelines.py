@@ -21,6 +21,7 @@ import torch
 
 from .frames import STAGE1_SIZE, check_size, latent_frames, latent_shape, round_frames
 from .guidance import cfg_zero_star, euler_step, predicted_x0, round_timestep_bf16
+from .options import SIGMAS_KEY
 from .schedules import NUM_TRAIN_TIMESTEPS, enhance_hf_sigmas, normal_sigmas
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def make_dit_fn(model: torch.nn.Module, transformer_options: dict | None = None)
 
     def dit_fn(x, timestep, context, context_mask=None, **kwargs):
         opts = dict(transformer_options or {})
-        opts["sigmas"] = (timestep.float().max() / NUM_TRAIN_TIMESTEPS).reshape(1)
+        opts[SIGMAS_KEY] = (timestep.float().max() / NUM_TRAIN_TIMESTEPS).reshape(1)
         context = None if context is None else context.to(device=x.device, dtype=dtype)
         return model(x.to(dtype), timestep, context, context_mask, transformer_options=opts, **kwargs)
 

@@ -21,11 +21,10 @@ import torch
 from safetensors import safe_open
 
 from . import kijai
+from .build import dit_from_state_dict
 from .dit import LongCatVideoDiT
-from .layers import cast_ops
 from .scaled_fp8 import (
     SCALE_SUFFIX,
-    attach_scales,
     dequantize,
     is_scale_key,
     scale_key,
@@ -405,17 +404,17 @@ def read_text_tokens_zero_pad(path) -> bool:
         raise ValueError(f"{config}: invalid JSON ({err})") from None
 
 
-def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=None, attention=None) -> LongCatVideoDiT:
-    """Build a ``LongCatVideoDiT`` from weights without a random init or a second copy in RAM.
+def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=None, attention=None,
+             block_kernels="auto") -> LongCatVideoDiT:
+    """Build a ``LongCatVideoDiT`` from weights without a random init or a second copy in RAM
+    (``build.dit_from_state_dict``: scaled fp8 scales attached, tensors assigned).
 
     operations: default ``layers.cast_ops`` (weights cast to the input dtype at use, so fp8 and
-    mixed-dtype files run; scaled fp8 weights are dequantized per layer). The model is built on
-    the meta device and the loaded tensors are assigned into it.
+    mixed-dtype files run; scaled fp8 weights are dequantized per layer). block_kernels: "auto"
+    (the fused block kernels on a CUDA ``device``, torch ops elsewhere), "fused" or "torch".
     """
     infos, config = inspect_checkpoint(path)
     state = read_tensors(infos, dtype, device)
-    model = LongCatVideoDiT(**config, text_tokens_zero_pad=read_text_tokens_zero_pad(path), attention=attention,
-                            device="meta", operations=cast_ops if operations is None else operations)
-    attach_scales(model, [key for key in state if is_scale_key(key)])
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.requires_grad_(False).eval()
+    config["text_tokens_zero_pad"] = read_text_tokens_zero_pad(path)
+    return dit_from_state_dict(state, config, operations=operations, attention=attention,
+                               block_kernels=block_kernels)

@@ -5,7 +5,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..longcat.bsa_settings import BACKENDS, BSA_OPTIONS_KEY
+from ..longcat.bsa_settings import BACKENDS
+from ..longcat.options import BSA_OPTIONS_KEY
 from .logic import (
     PRESET_NAMES,
     build_bsa_settings,

@@ -34,31 +34,29 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..longcat import kijai, weights
+from ..longcat.block_kernels import kernels_named
+from ..longcat.build import load_weights, resolve_block_kernels
 from ..longcat.dit import LongCatVideoDiT
-from ..longcat.scaled_fp8 import attach_scales, is_scale_key, weight_key
+from ..longcat.options import MULTI_GPU_OPTIONS_KEY, RAW_OUTPUT_KEY
+from ..longcat.scaled_fp8 import is_scale_key, weight_key
 from ..longcat.schedules import NUM_TRAIN_TIMESTEPS, SHIFT
 from .logic import pad_text_condition
 from .scaled_ops import ScaledFP8Ops
 
 log = logging.getLogger(__name__)
 
-# transformer_options key: when True, apply_model takes the official 0..1000 timestep (per
-# batch or per latent frame) and returns the DiT's raw official output (and KV cache).
-RAW_OUTPUT_KEY = "longcat_raw_output"
-# transformer_options key of the LongCat Multi-GPU node's runner (nodes/multigpu.py): when
-# present, the DiT call goes through ``runner.forward(base_model, ...)`` on every GPU.
-MULTI_GPU_OPTIONS_KEY = "longcat_multi_gpu"
 
 
 def _build_dit(image_model=None, meta_init=False, dtype=None, device=None, operations=None,
-               **dit_config):
-    """``unet_model`` factory for BaseModel: drops the detection keys, injects attention.
+               block_kernels="torch", **dit_config):
+    """``unet_model`` factory for BaseModel: drops the detection keys, injects attention and the
+    block kernels (``block_kernels``: their name, decided by the loader for its device).
 
     meta_init: build on the meta device (no memory); the loader assigns the weights.
     """
     return LongCatVideoDiT(**dit_config, attention=optimized_attention,
                            device="meta" if meta_init else device, dtype=dtype,
-                           operations=operations)
+                           operations=operations, block_kernels=kernels_named(block_kernels))
 
 
 class LongCatVideoConfig(comfy.supported_models_base.BASE):
@@ -175,38 +173,41 @@ def _default_weight_dtype(infos: dict, load_device, supported) -> torch.dtype:
         weight_dtype=sizes.most_common(1)[0][0])
 
 
-def load_longcat_model(path, weight_dtype=None):
+def load_longcat_model(path, weight_dtype=None, block_kernels="auto"):
     """ModelPatcher around LongCat-Video weights, as ComfyUI's UNETLoader would build it.
 
     path: one safetensors file (official or Kijai layout) or an official ``dit/`` folder
     (``longcat.weights``). weight_dtype: None (ComfyUI picks from the device and the file) or a
     torch dtype, fp8 included (stored in fp8, computed in bf16/fp16 through ``comfy.ops`` manual
     cast; a scaled fp8 file keeps its weights and per-row scales, see ``scaled_ops``).
+    block_kernels: "auto" (the fused block kernels where they run on ComfyUI's device and
+    compute dtype, else torch ops), "fused" or "torch" (``longcat.block_kernels``).
     The DiT is built on the meta device and the loaded tensors are assigned into it, so RAM
     never holds two copies of a 13.6B model.
     """
     install_lora_key_map()
     infos, dit_config = weights.inspect_checkpoint(path)  # headers only, validated
     dit_config["text_tokens_zero_pad"] = weights.read_text_tokens_zero_pad(path)
-    config = LongCatVideoConfig({"image_model": "longcat_video", "meta_init": True, **dit_config})
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    supported = list(config.supported_inference_dtypes)
+    supported = list(LongCatVideoConfig.supported_inference_dtypes)
     if weight_dtype is None:
         weight_dtype = _default_weight_dtype(infos, load_device, supported)
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
+    kernels = resolve_block_kernels(block_kernels, load_device, manual_cast or weight_dtype, dit_config)
+    config = LongCatVideoConfig({"image_model": "longcat_video", "meta_init": True, **dit_config,
+                                 "block_kernels": kernels.name})
     config.set_inference_dtype(weight_dtype, manual_cast)
     state = weights.read_tensors(infos, dtype=weight_dtype)
     scale_keys = [key for key in state if is_scale_key(key)]
     if scale_keys:
         config.custom_operations = ScaledFP8Ops
     model = config.get_model(state, "")
-    attach_scales(model.diffusion_model, scale_keys)
-    model.diffusion_model.load_state_dict(state, strict=True, assign=True)
+    load_weights(model.diffusion_model, state)
     model = model.to(offload_device)
-    log.info("LongCat-Video %s: weights %s%s, compute %s, load %s, offload %s", path, weight_dtype,
-             " (scaled, per-row scales)" if scale_keys else "", manual_cast or weight_dtype,
-             load_device, offload_device)
+    log.info("LongCat-Video %s: weights %s%s, compute %s, block kernels %s, load %s, offload %s", path,
+             weight_dtype, " (scaled, per-row scales)" if scale_keys else "", manual_cast or weight_dtype,
+             kernels.name, load_device, offload_device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                                offload_device=offload_device)
     patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, free_rope_tables)

@@ -1,7 +1,7 @@
 """LongCat Multi-GPU: MODEL → MODEL whose every DiT call runs on several GPUs (context parallel).
 
 The node stores a ``MultiGPURunner`` in the MODEL's transformer_options; the adapter's
-``_apply_model`` hands each DiT call to it. The runner owns a ``longcat.parallel_pool.WorkerPool``:
+``_apply_model`` hands each DiT call to it. The runner owns a ``longcat.parallel.pool.WorkerPool``:
 this ComfyUI process is rank 0 on the MODEL's GPU and N−1 worker processes hold the DiT on the
 next GPUs. Workers start on the first DiT call and receive rank 0's weights as loaded (LoRA
 patches applied), again whenever those change. They stop when ComfyUI has unloaded the DiT
@@ -24,15 +24,15 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..longcat.dit import LongCatVideoDiT
-from ..longcat.parallel import check_world_size
-from ..longcat.parallel_pool import WorkerPool, pick_devices
-from .model_adapter import MULTI_GPU_OPTIONS_KEY
+from ..longcat.options import ATTENTION_OVERRIDE_KEY, MULTI_GPU_OPTIONS_KEY
+from ..longcat.parallel.exchange import check_world_size
+from ..longcat.parallel.pool import WorkerPool, pick_devices
 from .runtime import check_longcat
 
 log = logging.getLogger(__name__)
 
 _DIT_ARGS = frozenset(inspect.signature(LongCatVideoDiT.__init__).parameters) - {
-    "self", "attention", "device", "dtype", "operations"}
+    "self", "attention", "device", "dtype", "operations", "block_kernels"}
 _UNLOAD_POLL_S = 1.0
 _active_runner = None  # weakref to the runner whose workers run (one group per process)
 # Watch threads end at interpreter exit before the pools' own exit hooks run: a daemon thread
@@ -56,7 +56,7 @@ class MultiGPURunner:
     def forward(self, base_model, x, timestep, context, transformer_options=None, **kwargs):
         """``diffusion_model(x, timestep, context, ...)`` of ``base_model``, run on every GPU."""
         opts = transformer_options or {}
-        if "optimized_attention_override" in opts:
+        if ATTENTION_OVERRIDE_KEY in opts:
             raise ValueError("LongCat Multi-GPU: an attention-override patch is on this MODEL; it would "
                              "run on the first GPU only. Remove it or the Multi-GPU node.")
         with self._lock:

@@ -16,10 +16,10 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..longcat.bsa_settings import BSA_LOG_KEY
+from ..longcat.options import BSA_LOG_KEY, RAW_OUTPUT_KEY, SIGMAS_KEY
 from ..longcat.pipelines import TextCondition
 from .logic import BSARunLog, pad_text_condition
-from .model_adapter import RAW_OUTPUT_KEY, LongCatVideoModel
+from .model_adapter import LongCatVideoModel
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class _DitCaller:
         opts = self.options.copy()
         timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32)
         # The DiT gates BSA's step window on the current sigma (largest per-frame value).
-        opts["sigmas"] = (timestep.max() / 1000.0).reshape(1)
+        opts[SIGMAS_KEY] = (timestep.max() / 1000.0).reshape(1)
         opts[RAW_OUTPUT_KEY] = True
         return self.patcher.model.apply_model(x, timestep, c_crossattn=context,
                                               transformer_options=opts,

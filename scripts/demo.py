@@ -26,6 +26,7 @@ from _standalone import import_pack
 import_pack()
 from longcat_pack.longcat.bsa_settings import BSASettings
 from longcat_pack.longcat.dit import LongCatVideoDiT
+from longcat_pack.longcat.options import BSA_LOG_KEY, BSA_OPTIONS_KEY
 from longcat_pack.longcat.pipelines import TextCondition, make_dit_fn, text_to_video
 from longcat_pack.longcat.refine import refine
 from longcat_pack.longcat.schedules import normal_sigmas
@@ -36,7 +37,7 @@ TEXT_TOKENS = 16
 
 
 class BSAReportLog:
-    """Collects the per-call BSA reports the DiT records (``transformer_options["longcat_bsa_log"]``)."""
+    """Collects the per-call BSA reports the DiT records (``transformer_options[BSA_LOG_KEY]``)."""
 
     def __init__(self):
         self.reports = []
@@ -123,7 +124,7 @@ def main(argv=None) -> dict:
     t_stage1 = time.perf_counter() - start
 
     log = BSAReportLog()
-    options = {"longcat_bsa": BSASettings(sparsity=0.5, backend=args.backend), "longcat_bsa_log": log}
+    options = {BSA_OPTIONS_KEY: BSASettings(sparsity=0.5, backend=args.backend), BSA_LOG_KEY: log}
     start = time.perf_counter()
     result = refine(make_dit_fn(model, options), lambda f: standin_encode(f).to(device), standin_decode,
                     stage1, random_text(3, 1, device), height=128, width=128, generator=generator)

@@ -248,7 +248,7 @@ def _workers_of(pid: int) -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z" and b"parallel_worker" in cmdline:
+        if int(fields[1]) == pid and fields[0] != "Z" and b"parallel.worker" in cmdline:
             found.append(int(stat.parent.name))
     return found
 

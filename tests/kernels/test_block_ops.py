@@ -1,10 +1,12 @@
 """The fused block kernels (kernels/block_ops.py) against the torch path they replace.
 
-Run under TRITON_INTERPRET=1 on CPU tensors (fp32, fp16: bf16 is wrong in the interpreter). The
+The ops run under TRITON_INTERPRET=1 on CPU tensors (fp32, fp16: bf16 is wrong in the interpreter). The
 oracle is the torch code the DiT runs on the CPU, written out here op by op. fp32 agrees to
 rounding (reduction order, fused multiply-adds); fp16 to one unit in the last place of the
 rounded values, which is the tolerance the fused path has on the GPU in bf16 too.
 """
+
+import sys
 
 import pytest
 import torch
@@ -20,11 +22,6 @@ from longcat_pack.kernels.block_ops import (
 EPS = 1e-6
 # fp32: rounding only; fp16: one fp16 ulp of values of order 1-4.
 TOL = {torch.float32: {"atol": 2e-5, "rtol": 2e-5}, torch.float16: {"atol": 4e-3, "rtol": 2e-3}}
-
-
-@pytest.fixture(autouse=True)
-def interpreter_on_cpu(monkeypatch):
-    monkeypatch.setattr(block_ops, "CPU_INTERPRETER", True)
 
 
 def rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
@@ -115,14 +112,17 @@ def test_swiglu_written_over_gate(dtype):
     torch.testing.assert_close(a.float(), want.float(), **TOL[dtype])
 
 
-def test_cpu_tensors_take_the_torch_path_unless_asked(monkeypatch):
-    x = torch.zeros(1, 2, 64)
-    assert block_ops.fused_block_reason(x) is None  # the fixture asked for the interpreter
-    monkeypatch.setattr(block_ops, "CPU_INTERPRETER", False)
-    assert block_ops.fused_block_reason(x) == "tensors are on cpu"
-    monkeypatch.setattr(block_ops, "CPU_INTERPRETER", True)
-    assert "power of two" in block_ops.fused_block_reason(x, head_dim=48)
-    assert "dtype" in block_ops.fused_block_reason(x.to(torch.int32))
+def test_fused_block_reason_says_why_not(monkeypatch):
+    """Decided from the device, the compute dtype and the head size; the CPU never qualifies
+    (the interpreter runs the kernels there only when a test asks for it explicitly)."""
+    assert block_ops.fused_block_reason("cpu") == "the model runs on cpu"
+    assert block_ops.fused_block_reason(torch.device("meta")) == "the model runs on meta"
+    assert "power of two" in block_ops.fused_block_reason("cuda", torch.bfloat16, head_dim=48)
+    assert "compute dtype torch.float8_e4m3fn" in block_ops.fused_block_reason("cuda", torch.float8_e4m3fn)
+    assert block_ops.fused_block_reason("cuda", torch.bfloat16) is None  # triton is importable here
+    monkeypatch.setitem(sys.modules, "longcat_pack.kernels.block_triton", None)  # as without triton
+    monkeypatch.delattr(sys.modules["longcat_pack.kernels"], "block_triton", raising=False)
+    assert block_ops.fused_block_reason("cuda", None).startswith("triton not importable")
 
 
 def test_ops_trace_as_single_nodes_under_compile():

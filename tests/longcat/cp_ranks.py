@@ -26,7 +26,8 @@ from _standalone import import_pack
 
 import_pack()
 from longcat_pack.longcat.bsa_settings import BSASettings
-from longcat_pack.longcat.parallel import CP_OPTIONS_KEY, ContextParallel
+from longcat_pack.longcat.options import CP_OPTIONS_KEY
+from longcat_pack.longcat.parallel.exchange import ContextParallel
 from tiny_dit import BSALog, tiny_dit
 
 # 4 heads of 64 (what the Triton kernel takes), so 1, 2 and 4 ranks can split them.

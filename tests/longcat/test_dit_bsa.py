@@ -24,7 +24,7 @@ def spy(monkeypatch):
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         return (out, {"fake": True}) if return_report else out
 
-    monkeypatch.setattr(attention_module, "_block_sparse_attention", fake)
+    monkeypatch.setattr(attention_module, "block_sparse_attention", fake)
     return calls
 
 

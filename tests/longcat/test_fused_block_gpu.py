@@ -6,7 +6,8 @@ Run on the device machine: ``python -m pytest tests/longcat/test_fused_block_gpu
 
 import pytest
 import torch
-from longcat_pack.kernels import block_ops
+from longcat_pack.kernels import block_triton
+from longcat_pack.longcat.block_kernels import FUSED_KERNELS, TORCH_KERNELS, choose_block_kernels
 from longcat_pack.longcat.dit import LongCatVideoDiT
 
 pytestmark = [pytest.mark.gpu,
@@ -23,23 +24,32 @@ def _rel_l2(a, b):
 
 
 def test_full_width_block_fused_equals_torch_path(monkeypatch):
+    assert choose_block_kernels("auto", "cuda", torch.bfloat16) is FUSED_KERNELS  # what the loaders pick here
     torch.manual_seed(0)
-    model = LongCatVideoDiT(depth=1, device="cuda", dtype=torch.bfloat16).eval()
+    fused_model = LongCatVideoDiT(depth=1, device="cuda", dtype=torch.bfloat16, block_kernels=FUSED_KERNELS).eval()
     with torch.no_grad():
-        for p in model.parameters():
+        for p in fused_model.parameters():
             p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else 0.3)
+    # The same weights (shared, not copied) on the torch ops.
+    torch_model = LongCatVideoDiT(depth=1, device="meta", block_kernels=TORCH_KERNELS)
+    torch_model.load_state_dict(fused_model.state_dict(), assign=True)
     x = torch.randn(2, 16, 4, 30, 52, device="cuda", dtype=torch.bfloat16)  # 4 frames of 480p
     ctx = torch.randn(2, 512, 4096, device="cuda", dtype=torch.bfloat16)
     mask = (torch.arange(512, device="cuda") < 300).expand(2, 512)
     t = torch.tensor([700.0, 300.0], device="cuda")
+    launches = []
+    kernel = block_triton.ln_modulate
+    monkeypatch.setattr(block_triton, "ln_modulate", lambda *args: launches.append(1) or kernel(*args))
 
-    def forward(num_cond):
+    def forward(model, num_cond):
         with torch.no_grad():
             return model(x, t, ctx, mask, num_cond_latents=num_cond)
 
-    fused = [forward(0), forward(1)]
-    assert torch.equal(forward(0), fused[0])  # deterministic
-    monkeypatch.setattr(block_ops, "_DISABLED", True)
-    torch_path = [forward(0), forward(1)]
+    fused = [forward(fused_model, 0), forward(fused_model, 1)]
+    assert len(launches) == 2 * 4  # three LayerNorms in the block, one in the final layer: fused ran
+    assert torch.equal(forward(fused_model, 0), fused[0])  # deterministic
+    launches.clear()
+    torch_path = [forward(torch_model, 0), forward(torch_model, 1)]
+    assert not launches
     for got, want in zip(fused, torch_path):
         assert _rel_l2(got, want) < REL_L2

@@ -1,4 +1,4 @@
-"""Context parallel (longcat/parallel.py): 2 and 4 Gloo ranks equal one process, exactly.
+"""Context parallel (longcat/parallel/exchange.py): 2 and 4 Gloo ranks equal one process, exactly.
 
 Each world size starts one process group (tests/longcat/cp_ranks.py runs every check in it).
 fp32 on CPU: the split changes no arithmetic (per-token layers see the same rows, attention the
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from longcat_pack.longcat.parallel import (
+from longcat_pack.longcat.parallel.exchange import (
     ContextParallel,
     check_world_size,
     frame_slices,

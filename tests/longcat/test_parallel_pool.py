@@ -1,4 +1,4 @@
-"""Worker processes of multi-GPU context parallel (longcat/parallel_pool.py) on CPU with Gloo.
+"""Worker processes of multi-GPU context parallel (longcat/parallel/pool.py) on CPU with Gloo.
 
 What the LongCat Multi-GPU node relies on: workers start, take rank 0's current weights (again
 after a change), run whole sampling loops with rank 0 (KV cache included) to the single-process
@@ -18,11 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from kijai_layout import kijai_lora, to_kijai_scaled_fp8
+from longcat_pack.longcat import weights
 from longcat_pack.longcat.bsa_settings import BSASettings
 from longcat_pack.longcat.layers import cast_ops
-from longcat_pack.longcat.parallel_pool import WorkerError, WorkerPool, pick_devices
+from longcat_pack.longcat.lora import merge_lora, parse_lora
+from longcat_pack.longcat.parallel.pool import WorkerError, WorkerPool, pick_devices
 from longcat_pack.longcat.pipelines import TextCondition, denoise, make_dit_fn
-from tiny_dit import TINY, tiny_dit
+from safetensors.torch import save_file
+from tiny_dit import TINY, random_state, tiny_dit
 
 CONFIG = {**TINY, "hidden_size": 128, "num_heads": 4}
 TIMEOUT = 60.0
@@ -148,6 +152,35 @@ class TestOneRunningPool:
         with torch.no_grad():
             want = model(x, torch.tensor([500.0]), ctx)
         assert_same(pool.forward(model, x, torch.tensor([500.0]), ctx), want)
+
+    def test_scaled_fp8_file_with_and_without_lora_equals_one_process(self, pool, tmp_path):
+        """Kijai's scaled fp8 file: fp8 weights with per-row ``scale_weight`` tensors, built by
+        the workers as by the loader (they used to refuse the scales); then a LoRA merged into
+        rank 0's weights in place (re-quantized with the same scales), as ComfyUI patches them."""
+        kijai_sd, _ = to_kijai_scaled_fp8(random_state(3, hidden_size=128, num_heads=4))
+        path = tmp_path / "LongCat_fp8_e4m3fn_scaled_KJ.safetensors"
+        save_file({k: v.contiguous() for k, v in kijai_sd.items()}, str(path))
+        model = weights.load_dit(path)
+        config = {**weights.inspect_checkpoint(path)[1], "text_tokens_zero_pad": True}
+        assert model.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
+        assert model.blocks[0].attn.qkv.scale_weight.shape == (3 * 128,)
+        x, ctx = inputs()
+        assert pool.sync_weights(model, config, "scaled fp8")
+        with torch.no_grad():
+            want = model(x, torch.tensor([500.0]), ctx)
+        assert_same(pool.forward(model, x, torch.tensor([500.0]), ctx), want)
+
+        state = model.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in state.items() if v.ndim == 2}
+        lora_sd, _ = kijai_lora(shapes, ["blocks.0.self_attn.k", "blocks.1.ffn.w1"], alphas={"blocks.1.ffn.w1": 8.0})
+        merged = merge_lora(state, parse_lora(lora_sd, shapes), strength=0.8)
+        with torch.no_grad():
+            for key in ("blocks.0.attn.qkv.weight", "blocks.1.ffn.w1.weight"):
+                model.get_parameter(key).copy_(merged[key])
+            with_lora = model(x, torch.tensor([500.0]), ctx)
+        assert float((with_lora - want).abs().max()) > 1e-3  # the LoRA changed the output
+        assert pool.sync_weights(model, config, "scaled fp8+lora")
+        assert_same(pool.forward(model, x, torch.tensor([500.0]), ctx), with_lora)
 
     def test_sampling_loop_with_kv_cache_and_cancel(self, pool):
         """Continuation with the KV cache through the pool equals one process; a run cancelled by
@@ -279,7 +312,7 @@ def test_workers_end_with_rank0(tmp_path, how):
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         import _standalone
         _standalone.import_pack()
-        from longcat_pack.longcat.parallel_pool import WorkerPool
+        from longcat_pack.longcat.parallel.pool import WorkerPool
         pool = WorkerPool(["cpu", "cpu"], timeout=60)
         pool.start()
         print(*pool.pids(), flush=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from longcat_pack.kernels import block_sparse_attention
 from longcat_pack.longcat import schedules
-from longcat_pack.longcat.bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY, BSASettings
+from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.options import BSA_LOG_KEY, BSA_OPTIONS_KEY
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.nodes import logic
 

@@ -1,21 +1,14 @@
 """A context-parallel worker process: one copy of the DiT on one device, driven by rank 0.
 
-Started by ``parallel_pool.WorkerPool`` in a fresh Python (``python -c`` with ``BOOTSTRAP``);
-never imported into ComfyUI's process except for the helpers it shares with the pool. Rank 0
-sends commands over a pipe (plain Python values only: the pack's classes are pickled under a
-different module name in each process) and tensors over the torch.distributed group:
+Started by ``pool.WorkerPool`` in a fresh Python (``python -c`` with ``wire.BOOTSTRAP``); never
+imported into ComfyUI's process. Rank 0 sends commands over a pipe and tensors over the
+``torch.distributed`` group (``wire``: the commands and their answers). The DiT is built with
+``build.dit_from_state_dict``, as every loader builds it (scaled fp8 scales, dtypes, block
+kernels), from the tensors rank 0 sends.
 
-- ``load``: drop the previous DiT and KV caches, build the skeleton from ``config`` and receive
-  every weight by broadcast (rank 0's current values, LoRA patches included);
-- ``forward``: receive the inputs by broadcast and run this rank's share of the DiT forward
-  (``parallel.ContextParallel``); keep the KV cache it returns under an id if asked, drop the
-  caches rank 0 no longer holds;
-- ``stop``: leave the group and exit.
-
-Each command is answered ``{"op": "ok"}``, or ``{"op": "error", "message": ...}`` after which
-the worker exits at once (a failed collective leaves the group unusable). The worker also exits
-when the pipe closes or its parent process is gone (checked twice a second), so it never
-outlives the process that started it. Imports nothing from ComfyUI.
+The worker exits after an error (a failed collective leaves the group unusable), when the pipe
+closes, or when its parent process is gone (checked twice a second), so it never outlives the
+process that started it. Imports nothing from ComfyUI.
 """
 
 import argparse
@@ -30,60 +23,13 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
-from .bsa_settings import BSA_OPTIONS_KEY, BSASettings
-from .dit import LongCatVideoDiT
-from .layers import cast_ops
-from .parallel import CP_OPTIONS_KEY, ContextParallel
+from ..bsa_settings import BSASettings
+from ..build import dit_from_state_dict
+from ..options import BSA_OPTIONS_KEY, CP_OPTIONS_KEY, SIGMAS_KEY
+from .exchange import ContextParallel
+from .wire import FORWARD_INPUTS, receive
 
-# Run by ``python -c BOOTSTRAP PACK_ROOT ARGS...``: import the pack as ``longcat_pack`` (see
-# _standalone.py) and hand the remaining arguments to ``main``.
-BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import _standalone; _standalone.import_pack(); "
-             "from longcat_pack.longcat.parallel_worker import main; sys.exit(main(sys.argv[2:]))")
-FORWARD_INPUTS = ("x", "timestep", "context", "context_mask")
 _PARENT_POLL_S = 0.5
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def dtype_from_name(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"unknown dtype {name!r}")
-    return dtype
-
-
-def tensor_meta(tensor: torch.Tensor | None):
-    """What the receiving side needs to allocate ``tensor``: ``[shape, dtype name]`` or None."""
-    return None if tensor is None else [list(tensor.shape), dtype_name(tensor.dtype)]
-
-
-def wire_device(device: torch.device) -> torch.device:
-    """Where broadcast tensors live: the GPU under NCCL, the CPU under Gloo."""
-    return device if device.type == "cuda" else torch.device("cpu")
-
-
-def send(tensor: torch.Tensor, device: torch.device) -> None:
-    """Rank 0: broadcast ``tensor``'s bytes (any dtype, fp8 included: NCCL and Gloo lack some)."""
-    flat = tensor.detach().to(wire_device(device)).reshape(-1)
-    if flat.numel() and flat.stride(0) != 1:  # e.g. one element expanded (stride 0): not viewable
-        flat = flat.clone(memory_format=torch.contiguous_format)
-    dist.broadcast(flat.view(torch.uint8), src=0)
-
-
-def receive(meta, device: torch.device) -> torch.Tensor | None:
-    """Allocate a tensor for ``meta`` on ``device`` and fill it from rank 0's ``send``."""
-    if meta is None:
-        return None
-    shape, dtype = meta
-    dtype = dtype_from_name(dtype)
-    numel = 1
-    for size in shape:
-        numel *= size
-    data = torch.empty(numel * dtype.itemsize, dtype=torch.uint8, device=wire_device(device))
-    dist.broadcast(data, src=0)
-    return data.view(dtype).reshape(shape).to(device)
 
 
 class Worker:
@@ -95,15 +41,13 @@ class Worker:
         self.caches = {}
         self.cp = ContextParallel()
 
-    def load(self, config: dict, entries: list) -> None:
+    def load(self, config: dict, block_kernels: str, entries: list) -> None:
         self.model = None
         self.caches.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        model = LongCatVideoDiT(**config, device="meta", operations=cast_ops)
         state = {name: receive(meta, self.device) for name, *meta in entries}
-        model.load_state_dict(state, strict=True, assign=True)
-        self.model = model.eval()
+        self.model = dit_from_state_dict(state, config, block_kernels=block_kernels)
 
     def forward(self, message: dict) -> None:
         for cache_id in message["release"]:
@@ -115,7 +59,7 @@ class Worker:
         if message["bsa"] is not None:
             options[BSA_OPTIONS_KEY] = BSASettings(**message["bsa"])
         if message["sigma"] is not None:
-            options["sigmas"] = torch.tensor([message["sigma"]])
+            options[SIGMAS_KEY] = torch.tensor([message["sigma"]])
         kv_cache = None
         if message["kv_cache"] is not None:
             if message["kv_cache"] not in self.caches:
@@ -174,7 +118,7 @@ def main(argv=None) -> int:
                 dist.destroy_process_group()
                 return 0
             if message["op"] == "load":
-                worker.load(message["config"], message["entries"])
+                worker.load(message["config"], message["block_kernels"], message["entries"])
             elif message["op"] == "forward":
                 worker.forward(message)
             else:

@@ -2,7 +2,7 @@
 
 ``WorkerPool`` makes this process rank 0 of a ``torch.distributed`` group (NCCL on CUDA devices,
 Gloo on the CPU; rendezvous on a TCP store at 127.0.0.1) and starts one worker process per
-other device (``parallel_worker``). It keeps their weights equal to rank 0's current ones
+other device (``worker``; what they exchange: ``wire``). It keeps their weights equal to rank 0's current ones
 (``sync_weights``), runs every DiT forward on all ranks at once (``forward``), and stops the
 workers on request, when it is garbage-collected, at interpreter exit and on any failure.
 
@@ -39,18 +39,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .bsa_settings import BSA_OPTIONS_KEY
-from .dit import window_sigma
-from .parallel import CP_OPTIONS_KEY, ContextParallel, check_world_size
-from .parallel_worker import BOOTSTRAP, FORWARD_INPUTS, send, tensor_meta
+from ..dit import window_sigma
+from ..options import BSA_OPTIONS_KEY, CP_OPTIONS_KEY, PATCHES_REPLACE_KEY
+from .exchange import ContextParallel, check_world_size
+from .wire import BOOTSTRAP, FORWARD_INPUTS, check_plain, send, tensor_meta
 
 log = logging.getLogger(__name__)
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT_S = 120.0  # at least this long for a worker to import torch and join (cold disk cache)
 _STOP_GRACE_S = 5.0  # a stopping worker gets this long to exit before it is killed
 _FAILURE_GRACE_S = 2.0  # after rank 0's collective fails: how long to wait for the worker's story
-_PLAIN_TYPES = (str, int, float, bool, type(None))
 _RESTART_NOTE = ". All workers were stopped; they restart on the next run."
 
 # For this process's NCCL group only: a failed or timed-out collective raises here (blocking
@@ -117,19 +116,6 @@ class _Worker:
         if code is None:
             return "closed its pipe but is still running"
         return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-
-
-def _check_plain(value, where="message"):
-    """Commands carry builtins only: a pack class would unpickle under another module name."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(key, where)
-            _check_plain(item, f"{where}[{key!r}]")
-    elif isinstance(value, list | tuple | frozenset):
-        for item in value:
-            _check_plain(item, where)
-    elif not isinstance(value, _PLAIN_TYPES):
-        raise TypeError(f"{where}: {type(value).__name__} cannot be sent to a worker")
 
 
 def _shutdown(workers: list, group_state: dict) -> None:
@@ -291,7 +277,8 @@ class WorkerPool:
                 send(tensor, self.devices[0])
 
         self._weights_version = None
-        self._run({"op": "load", "config": config, "entries": entries}, send_all, "loading the weights")
+        message = {"op": "load", "config": config, "block_kernels": dit.block_kernels.name, "entries": entries}
+        self._run(message, send_all, "loading the weights")
         self._weights_version = version
         self._generation += 1
         log.info("LongCat context parallel: sent %d weights to %d workers", len(entries), len(self._workers))
@@ -306,7 +293,7 @@ class WorkerPool:
         """
         self._check_started()
         opts = dict(transformer_options or {})
-        if opts.get("patches_replace", {}).get("dit"):
+        if opts.get(PATCHES_REPLACE_KEY, {}).get("dit"):
             raise ValueError("DiT block patches (patches_replace) cannot run on the multi-GPU workers")
         check_world_size(dit.num_heads, self.world_size)
         # Every rank, this one included, computes on the same contiguous values: a strided input
@@ -380,7 +367,7 @@ class WorkerPool:
         while self._released:  # filled by cache finalizers, possibly from another thread
             release.append(self._released.pop())
         message["release"] = release
-        _check_plain(message)
+        check_plain(message)
         watcher = _Watcher(self._workers, self.backend)
         for worker in self._workers:
             try:

@@ -32,8 +32,6 @@ Imports nothing from ComfyUI.
 import torch
 import torch.distributed as dist
 
-# transformer_options key under which the DiT finds the ContextParallel of this forward.
-CP_OPTIONS_KEY = "longcat_context_parallel"
 
 
 def check_world_size(num_heads: int, world_size: int) -> None:
