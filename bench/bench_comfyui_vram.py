@@ -57,7 +57,7 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tests" / "comfyui"))
+sys.path.insert(0, str(ROOT / "harness"))
 from comfy_server import ComfyServer
 from comfyui_bench_metrics import (
     CLIENT_ID,

@@ -10,7 +10,7 @@
 * ``cfg_step_lora.safetensors`` and ``refinement_lora.safetensors``: official-format LoRAs
   (split up-projections for qkv / kv_linear, ``alpha_scale`` 0.5) on the 10 Linears of every
   block, rank 128 in bf16 (about the size of the published LoRAs converted to bf16).
-* The random full-size Wan 2.1 VAE of the real-ComfyUI tests (``tests/comfyui/tiny_models.py``).
+* The random full-size Wan 2.1 VAE of the real-ComfyUI tests (``harness/tiny_models.py``).
 * ``input/input_video.mp4``: the clip the continuation workflow loads.
 
 Tensors are generated on ``device`` (the GPU on the bench machine) and written one at a time,
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "comfyui"))
+sys.path.insert(0, str(ROOT / "harness"))
 sys.path.insert(0, str(ROOT))
 import tiny_models
 

@@ -1,7 +1,7 @@
 """The bench's stages: API prompts built from the bundled workflows, as a user queues them.
 
 Each stage is one bundled workflow converted to API format against the live ``/object_info``
-(``tests/workflows/workflow_checks.to_api_prompt``), then changed only where the bench must:
+(``harness/workflow_checks.to_api_prompt``), then changed only where the bench must:
 
 * the umT5 text encoder (CLIPLoader + CLIPTextEncode) is replaced by the test-only
   ``LongCatTestTextEncode`` (same CONDITIONING shape, ``[1, 512, 4096]``);
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "workflows"))
+sys.path.insert(0, str(ROOT / "harness"))
 sys.path.insert(0, str(ROOT))
 import workflow_checks
 

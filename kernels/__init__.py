@@ -3,6 +3,6 @@
 Pure torch + (lazily) triton; imports neither the model package nor ComfyUI.
 """
 
-from .api import BSAReport, block_sparse_attention
+from .api import BSAReport, block_sparse_attention, check_parameters, choose_backend
 
-__all__ = ["BSAReport", "block_sparse_attention"]
+__all__ = ["BSAReport", "block_sparse_attention", "check_parameters", "choose_backend"]

@@ -16,12 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunking import make_layout
+from .chunking import check_triple, make_layout
 from .op import bsa_forward_op
 
 logger = logging.getLogger(__name__)
 
-_BACKENDS = ("auto", "triton", "torch")
+# The BSA parameters' valid values, checked once here (``check_parameters``): by the kernel on
+# every call, by ``longcat.bsa_settings.BSASettings`` when a node builds settings; the BSA node's
+# widget limits are derived from them.
+BACKENDS = ("auto", "triton", "torch")
+SPARSITY_RANGE = (0.0, 1.0)  # [low, high): 1 would keep no key chunk
+CDF_THRESHOLD_RANGE = (0.0, 1.0)  # (low, high]
 # Fallback reasons already logged: a DiT makes thousands of BSA calls per run, and the report
 # of every call carries the reason anyway, so each distinct reason is logged once per process.
 _warned_fallbacks: set[str] = set()
@@ -68,9 +73,27 @@ class BSAReport:
         return float(self.kept_key_tokens.double().mean()) / self.num_key_tokens
 
 
+def check_parameters(sparsity, cdf_threshold, backend="auto", chunk_q=(4, 4, 4), chunk_k=(4, 4, 4)):
+    """ValueError naming the parameter unless the BSA parameters are valid; returns the chunks as
+    int tuples. sparsity in [0, 1) or None, cdf_threshold in (0, 1] or None (not both None),
+    backend one of ``BACKENDS``, chunks three ints >= 1."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if sparsity is None and cdf_threshold is None:
+        raise ValueError("sparsity and cdf_threshold cannot both be None")
+    for name, value in (("sparsity", sparsity), ("cdf_threshold", cdf_threshold)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{name} must be a float or None, got {value!r}")
+    if sparsity is not None and not SPARSITY_RANGE[0] <= sparsity < SPARSITY_RANGE[1]:
+        raise ValueError(f"sparsity must be in [{SPARSITY_RANGE[0]:g}, {SPARSITY_RANGE[1]:g}), got {sparsity!r}")
+    if cdf_threshold is not None and not CDF_THRESHOLD_RANGE[0] < cdf_threshold <= CDF_THRESHOLD_RANGE[1]:
+        raise ValueError(f"cdf_threshold must be in ({CDF_THRESHOLD_RANGE[0]:g}, {CDF_THRESHOLD_RANGE[1]:g}], "
+                         f"got {cdf_threshold!r}")
+    return check_triple("chunk_3d_shape_q", chunk_q), check_triple("chunk_3d_shape_k", chunk_k)
+
+
 def _check_inputs(q, k, v, sparsity, cdf_threshold, backend):
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    check_parameters(sparsity, cdf_threshold, backend)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor [B, heads, S, D], got "
@@ -81,15 +104,6 @@ def _check_inputs(q, k, v, sparsity, cdf_threshold, backend):
         raise ValueError(f"q and k must share batch and heads, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"q and k must share head_dim, got {q.shape[3]} and {k.shape[3]}")
-    if sparsity is None and cdf_threshold is None:
-        raise ValueError("sparsity and cdf_threshold cannot both be None")
-    for name, value in (("sparsity", sparsity), ("cdf_threshold", cdf_threshold)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{name} must be a float or None, got {value!r}")
-    if sparsity is not None and not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    if cdf_threshold is not None and not 0.0 < cdf_threshold <= 1.0:
-        raise ValueError(f"cdf_threshold must be in (0, 1], got {cdf_threshold!r}")
 
 
 def _layouts(q, k, grid_q, grid_k, chunk_q, chunk_k):
@@ -102,24 +116,40 @@ def _layouts(q, k, grid_q, grid_k, chunk_q, chunk_k):
     return layout_q, layout_k
 
 
-def _choose_backend(q, k, v, backend):
-    """Return (backend name, reason). Reads only static facts (device, dtype, head_dim), so
-    ``torch.compile`` resolves it at trace time."""
+def choose_backend(backend: str, device, dtype: torch.dtype, head_dim: int) -> tuple[str, str]:
+    """The path ``block_sparse_attention`` takes for q, k, v of ``dtype`` with ``head_dim``
+    features on ``device``: ("triton" | "torch", why). The one decision: the kernel calls it
+    per call, the BSA node with the model's device and compute dtype, so both say the same.
+
+    backend "torch": the reference; "auto": Triton on CUDA where it supports the inputs, else
+    the reference; "triton": Triton wherever it runs, else the reference (with a warning).
+    Reads only static facts, so ``torch.compile`` resolves it at trace time."""
+    device = torch.device(device)
     if backend == "torch":
         return "torch", "requested"
-    if backend == "auto" and not q.is_cuda:
-        return "torch", f"tensors are on {q.device.type}, not CUDA"
+    if backend == "auto" and device.type != "cuda":
+        return "torch", f"tensors are on {device.type}, not CUDA"
     try:
         from . import bsa_fwd_triton as triton_mod
     except ImportError as err:
         reason = f"triton not importable: {err}"
     else:
-        reason = triton_mod.unsupported_reason(q, k, v)
+        reason = triton_mod.unsupported_reason(device, dtype, head_dim)
     if reason is not None:
-        if backend == "triton":
-            _warn_fallback_once(reason)
         return "torch", reason
     return "triton", ("requested" if backend == "triton" else "CUDA and triton available")
+
+
+def _choose_backend(q, k, v, backend):
+    """``choose_backend`` for these tensors; q, k, v that differ in dtype or device take the
+    reference. A requested Triton that cannot run warns (once per reason)."""
+    if backend != "torch" and not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
+        name, reason = "torch", "q, k, v differ in dtype or device"
+    else:
+        name, reason = choose_backend(backend, q.device, q.dtype, q.shape[-1])
+    if backend == "triton" and name == "torch":
+        _warn_fallback_once(reason)
+    return name, reason
 
 
 def block_sparse_attention(q, k, v, grid_q, grid_k, sparsity=0.9375, cdf_threshold=None,

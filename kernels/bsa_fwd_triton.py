@@ -37,20 +37,19 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def unsupported_reason(q, k, v):
-    """Why the Triton kernel cannot take these inputs, or None if it can."""
-    if _interpreting():
-        dtypes, where = _INTERPRETER_DTYPES, "the Triton interpreter"
-    elif not q.is_cuda:
-        return f"tensors are on {q.device.type}, the Triton kernel needs CUDA"
-    else:
+def unsupported_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the Triton kernel cannot take q, k, v of ``dtype`` with ``head_dim`` features on
+    ``device``, or None if it can (CPU tensors only under TRITON_INTERPRET=1, for tests)."""
+    if device.type == "cuda":
         dtypes, where = _CUDA_DTYPES, "CUDA"
-    if q.dtype not in dtypes:
-        return f"dtype {q.dtype} not supported by the Triton kernel on {where} (needs one of {dtypes})"
-    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        return f"head_dim {q.shape[-1]} not supported by the Triton kernel (needs one of {SUPPORTED_HEAD_DIMS})"
-    if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
-        return "q, k, v differ in dtype or device"
+    elif _interpreting():
+        dtypes, where = _INTERPRETER_DTYPES, "the Triton interpreter"
+    else:
+        return f"tensors are on {device.type}, the Triton kernel needs CUDA"
+    if dtype not in dtypes:
+        return f"dtype {dtype} not supported by the Triton kernel on {where} (needs one of {dtypes})"
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"head_dim {head_dim} not supported by the Triton kernel (needs one of {SUPPORTED_HEAD_DIMS})"
     return None
 
 
@@ -221,9 +220,11 @@ def _tile(chunk):
 
 
 def _check(q, k, v, indices, counts, nq, valid_k):
-    reason = unsupported_reason(q, k, v)
+    reason = unsupported_reason(q.device, q.dtype, q.shape[-1])
     if reason is not None:
         raise ValueError(reason)
+    if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
+        raise ValueError("q, k, v differ in dtype or device")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must have a contiguous last dim, got stride {t.stride()}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 
-def _check_triple(name, value):
+def check_triple(name, value):
     """Validate a (T, H, W)-like triple of positive ints; return it as a tuple."""
     try:
         triple = tuple(int(x) for x in value)
@@ -131,7 +131,7 @@ def _scatter_index(layout, device):
 
 def make_layout(grid, chunk, grid_name="grid", chunk_name="chunk_3d_shape"):
     """Build a ``ChunkLayout``; ValueError naming the parameter on a malformed grid or chunk."""
-    return ChunkLayout(_check_triple(grid_name, grid), _check_triple(chunk_name, chunk))
+    return ChunkLayout(check_triple(grid_name, grid), check_triple(chunk_name, chunk))
 
 
 def _as_words(x):

@@ -9,10 +9,11 @@ Frozen so a cloned MODEL can share it safely. Imports nothing from ComfyUI.
 import math
 from dataclasses import dataclass, field
 
+from ..kernels.api import check_parameters
+
 # Published LongCat-Video values (dit/config.json "bsa_params").
 PUBLISHED_SPARSITY = 0.9375
 PUBLISHED_CHUNK = (4, 4, 4)
-BACKENDS = ("auto", "triton", "torch")
 
 
 
@@ -38,17 +39,13 @@ class BSASettings:
     dense_blocks: frozenset[int] = field(default_factory=frozenset)
 
     def __post_init__(self):
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.cdf_threshold is not None and not 0.0 < self.cdf_threshold <= 1.0:
-            raise ValueError(f"cdf_threshold must be None or in (0, 1], got {self.cdf_threshold}")
-        for name in ("chunk_3d_shape_q", "chunk_3d_shape_k"):
-            chunk = tuple(getattr(self, name))
-            if len(chunk) != 3 or any(int(c) < 1 for c in chunk):
-                raise ValueError(f"{name} must be three integers >= 1, got {chunk}")
-            object.__setattr__(self, name, tuple(int(c) for c in chunk))
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        # The kernel's own check (kernels.check_parameters), at build time, not first use.
+        if self.sparsity is None:
+            raise ValueError("sparsity must be a float in [0, 1)")
+        chunk_q, chunk_k = check_parameters(self.sparsity, self.cdf_threshold, self.backend,
+                                            self.chunk_3d_shape_q, self.chunk_3d_shape_k)
+        object.__setattr__(self, "chunk_3d_shape_q", chunk_q)
+        object.__setattr__(self, "chunk_3d_shape_k", chunk_k)
         object.__setattr__(self, "dense_blocks", frozenset(int(b) for b in self.dense_blocks))
 
     @property

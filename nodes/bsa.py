@@ -2,17 +2,17 @@
 
 import logging
 
-import torch
 from comfy_api.latest import io
 
-from ..longcat.bsa_settings import BACKENDS
+from ..kernels.api import BACKENDS
 from ..longcat.options import BSA_OPTIONS_KEY
-from .logic import (
+from .bsa_widgets import (
+    CDF_WIDGET,
     PRESET_NAMES,
+    SPARSITY_WIDGET,
     build_bsa_settings,
     describe_settings,
     sigma_window,
-    triton_available,
 )
 from .runtime import check_longcat
 
@@ -40,10 +40,10 @@ class LongCatBSASettings(io.ComfyNode):
                                        "sparsity 0.875, chunks 4x4x4, for 480x832 stage 1 (its "
                                        "30-row token grid is padded to 32); quality not "
                                        "validated officially. custom: use the values below."),
-                io.Float.Input("sparsity", default=0.9375, min=0.0, max=0.999, step=0.0005,
+                io.Float.Input("sparsity", default=0.9375, **SPARSITY_WIDGET,
                                tooltip="custom only: fraction of key chunks skipped per query "
                                        "chunk (keeps floor((1-s)*Nk), at least 1)."),
-                io.Float.Input("cdf_threshold", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("cdf_threshold", default=0.0, **CDF_WIDGET,
                                tooltip="custom only: also keep the smallest set of chunks whose "
                                        "softmax score mass reaches this value (0 = off); the "
                                        "larger of the two counts wins."),
@@ -89,8 +89,10 @@ class LongCatBSASettings(io.ComfyNode):
             opts[BSA_OPTIONS_KEY] = settings
         else:
             opts.pop(BSA_OPTIONS_KEY, None)
-        cuda = torch.device(model.load_device).type == "cuda"
-        report = describe_settings(settings, enable, cuda, triton_available())
+        base = model.model
+        compute_dtype = base.manual_cast_dtype or base.get_dtype()
+        report = describe_settings(settings, enable, model.load_device, compute_dtype,
+                                   base.diffusion_model.head_dim)
         log.info("LongCat BSA Settings: %s", report)
         return io.NodeOutput(patched, report)
 

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..longcat.frames import check_size, latent_frames, round_frames
 from ..longcat.pipelines import fit_frames
-from .logic import cond_latent_dict
+from .sampling_inputs import cond_latent_dict
 
 _SIZE = {"min": 16, "max": 4096, "step": 16}
 

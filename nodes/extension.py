@@ -16,7 +16,7 @@ from . import (
     sampling,
     testing,
 )
-from .logic import startup_kernel_note, triton_available
+from .bsa_widgets import startup_kernel_note
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,6 @@ class LongCatExtension(ComfyExtension):
                  *refinement.NODES, *long_video.NODES, *multigpu.NODES]
         if os.environ.get(testing.TEST_NODES_ENV) == "1":
             nodes += testing.NODES
-        cuda = comfy.model_management.get_torch_device().type == "cuda"  # --cpu included
-        log.info("LongCat-Video: %d nodes; %s", len(nodes), startup_kernel_note(cuda, triton_available()))
+        device = comfy.model_management.get_torch_device()  # the CPU under --cpu
+        log.info("LongCat-Video: %d nodes; %s", len(nodes), startup_kernel_note(device))
         return nodes

@@ -8,7 +8,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..longcat.lora import load_lora_file, to_comfy_lora_state_dict
-from .logic import WEIGHT_DTYPES, weight_dtype_option
+from .weight_dtypes import WEIGHT_DTYPES, weight_dtype_option
 from .model_adapter import load_longcat_model
 from .runtime import check_longcat
 

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..longcat.frames import REFINE_SIZE
 from ..longcat.long_video import generate_long_video, refine_long_video
 from ..longcat.schedules import enhance_hf_sigmas, normal_sigmas, refine_sigmas
-from .logic import LongVideoSettings
+from .long_video_settings import LongVideoSettings
 from .runtime import VaeCodec, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from ..longcat.dit import LongCatVideoDiT
 from ..longcat.options import MULTI_GPU_OPTIONS_KEY, RAW_OUTPUT_KEY
 from ..longcat.scaled_fp8 import is_scale_key, weight_key
 from ..longcat.schedules import NUM_TRAIN_TIMESTEPS, SHIFT
-from .logic import pad_text_condition
+from .text_condition import pad_text_condition
 from .scaled_ops import ScaledFP8Ops
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..longcat.frames import REFINE_SIZE, latent_shape, refine_plan
 from ..longcat.refine import refine
 from ..longcat.schedules import refine_sigmas
-from .logic import COND_LATENTS_KEY
+from .sampling_inputs import COND_LATENTS_KEY
 from .runtime import VaeCodec, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ import torch
 
 from ..longcat.options import BSA_LOG_KEY, RAW_OUTPUT_KEY, SIGMAS_KEY
 from ..longcat.pipelines import TextCondition
-from .logic import BSARunLog, pad_text_condition
+from .bsa_report import BSARunLog
+from .text_condition import pad_text_condition
 from .model_adapter import LongCatVideoModel
 
 log = logging.getLogger(__name__)

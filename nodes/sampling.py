@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..longcat.pipelines import denoise, make_noise
 from ..longcat.schedules import SHIFT
-from .logic import COND_LATENTS_KEY, SCHEDULES, schedule_sigmas, start_latents
+from .sampling_inputs import COND_LATENTS_KEY, SCHEDULES, schedule_sigmas, start_latents
 from .runtime import check_longcat, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import zlib
 import torch
 from comfy_api.latest import io
 
-from .logic import TEXT_TOKENS
+from .text_condition import TEXT_TOKENS
 
 TEST_NODES_ENV = "LONGCAT_TEST_NODES"
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "comfyui"))
+sys.path.insert(0, str(ROOT / "harness"))
 from comfy_server import ComfyServer, our_node_info  # noqa: E402
 
 STOCK_NODES = (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "comfyui"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "harness"))
 from comfy_server import ComfyServer
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")

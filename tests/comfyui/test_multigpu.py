@@ -114,7 +114,7 @@ def test_ksampler_equals_one_gpu(comfy):
 
 
 def test_long_video_with_refinement_equals_one_gpu(comfy):
-    from longcat_pack.nodes.logic import LongVideoSettings
+    from longcat_pack.nodes.long_video_settings import LongVideoSettings
 
     settings = LongVideoSettings(num_segments=1, width=64, height=32, num_frames=9, num_cond_frames=5,
                                  guidance_scale=1.0, seed=7, use_kv_cache=True, t_thresh=0.5,

@@ -8,7 +8,7 @@ them run end to end on tiny models.
   executes: nothing heavy runs.
 * T2V -> refine-with-BSA and continuation run end to end: CLIPLoader/CLIPTextEncode are swapped
   for the test-only ``LongCatTestTextEncode``, the loaders get the tiny models of
-  ``tiny_models.py`` (tiny LongCat DiT, random full-size Wan 2.1 VAE, official-format LoRA), and
+  ``harness/tiny_models.py`` (tiny LongCat DiT, random full-size Wan 2.1 VAE, official-format LoRA), and
   sizes shrink; the saved videos are decoded and their frame counts and sizes checked.
 """
 
@@ -52,7 +52,7 @@ with av.open(sys.argv[1]) as c:
 
 
 def _workflow_checks():
-    path = ROOT / "tests" / "workflows" / "workflow_checks.py"
+    path = ROOT / "harness" / "workflow_checks.py"
     spec = importlib.util.spec_from_file_location("_wf_checks_live", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _checks():
-    path = Path(__file__).resolve().parent / "workflow_checks.py"
+    path = Path(__file__).resolve().parents[2] / "harness" / "workflow_checks.py"
     spec = importlib.util.spec_from_file_location("_wf_workflow_checks_x", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
+PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "ComfyUI-LongCat-Video"
 # Combo inputs of our nodes that list model files; normalized to [] when snapshots are compared.
 FILE_INPUTS = {"LongCatModelLoader": ("model_name",), "LongCatLoRA": ("lora_name",)}

@@ -1,6 +1,6 @@
 """Write the tiny test models the real-ComfyUI tests load (run as a script, not collected).
 
-    python tests/comfyui/tiny_models.py <models dir>
+    python harness/tiny_models.py <models dir>
 
 Run with the ComfyUI venv from the ComfyUI tree (cwd = COMFYUI_DIR): the VAE is ComfyUI's own
 ``comfy.ldm.wan.vae.WanVAE`` at full Wan 2.1 size with random weights, so ``VAELoader`` detects
@@ -14,7 +14,7 @@ it exactly as it detects the real file. Writes:
   ComfyUI's generic ``diffusion_model.*`` format (for LoraLoaderModelOnly).
 * diffusion_models/LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ_tiny.safetensors and
   loras/LongCat_distill_lora_tiny_KJ.safetensors: the same DiT in Kijai's scaled fp8 layout and a
-  LoRA in Kijai's layout (``tests/longcat/kijai_layout.py``).
+  LoRA in Kijai's layout (``harness/kijai_layout.py``).
 """
 
 import sys
@@ -39,7 +39,7 @@ TINY = {"dit": DIT_FILE, "vae": VAE_FILE, "official_lora": OFFICIAL_LORA_FILE,
 
 
 def _pack():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
     from _standalone import import_pack
 
@@ -82,7 +82,7 @@ def write_loras(folder: Path, state: dict) -> None:
 
 def write_kijai(models: Path, state: dict) -> None:
     """The tiny DiT as Kijai's scaled fp8 file, and a Kijai-layout LoRA on q/k/v, cross k/v and more."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "longcat"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from kijai_layout import kijai_lora, to_kijai_scaled_fp8
 
     fp8, _ = to_kijai_scaled_fp8(state)
