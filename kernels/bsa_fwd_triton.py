@@ -11,9 +11,10 @@ and a chunk's rows are computed from its index, so the kernel reads q, k, v and 
 in raster order (``bsa_fwd_triton_raster``, divisible grids: no reorder copies). Chunk-ordered
 tensors are the special case grid (N, 1, C), chunk (1, 1, C) (``bsa_fwd_triton``).
 
-The only modules that import triton are this one and kernels/gating_triton.py; kernels/api.py
-imports them lazily and falls back to kernels/reference.py when triton is missing or the inputs
-are unsupported.
+Imports triton at module level, like the other ``*_triton.py`` modules (gating, reorder, block
+ops); nothing imports them at package import: ``kernels/op.py`` and ``kernels/api.py`` import
+them when a Triton path runs or is decided (``api.choose_backend``), and the torch reference
+(kernels/reference.py) runs when triton is missing or the inputs are unsupported.
 """
 
 import functools

@@ -93,8 +93,7 @@ def _bsa_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid_q: list
         q: ``[B, heads, Sq, D]``; k, v: ``[B, heads, Sk, D]``, raster order.
         grid_q, grid_k, chunk_q, chunk_k: (T, H, W) grids and (t, h, w) chunks, as lists.
         sparsity, cdf_threshold: as in ``block_sparse_attention`` (not both None).
-        backend: "triton" (the inputs are supported: ``bsa_fwd_triton.unsupported_reason`` is
-            None) or "torch".
+        backend: "triton" (``api.choose_backend`` found the inputs supported) or "torch".
 
     Returns:
         ``(out, counts, kept)``: out ``[B, heads, Sq, D]`` in q's dtype (stored ``[B, Sq, heads, D]``

@@ -2,7 +2,7 @@
 
 The VAE encodes the first frame alone and then groups of 4 (``T_lat = 1 + (F−1)//4``);
 decoding gives ``F = 1 + 4·(T_lat−1)``. Refinement pads frames so that the conditioning and the
-noise latents are each a multiple of 4 (the BSA temporal chunk), reference §3.6.
+noise latents are each a multiple of 4 (the BSA temporal chunk; docs/pipelines.md, Pipelines).
 Pure integer arithmetic; imports nothing from torch or ComfyUI.
 """
 
@@ -20,7 +20,7 @@ LATENT_CHANNELS = 16  # Wan 2.1 VAE latent channels
 REFINE_LATENT_GRANULARITY = 4
 
 # Official default sizes (height, width): stage 1 480p bucket for a 480×832 input, and the
-# 720p refine bucket at context-parallel size 1 (scale 64; 768×1280 at cp 2/4, reference §3.1).
+# 720p refine bucket at context-parallel size 1 (scale 64; 768×1280 at cp 2/4, docs/pipelines.md, Frames).
 STAGE1_SIZE = (480, 832)
 REFINE_SIZE = (704, 1280)
 # Pixel multiples: stage 1 needs latent H, W even (patch 2): 16 px. Refine needs the token grid
@@ -79,7 +79,7 @@ def _ceil_to(value: int, multiple: int) -> int:
 
 @dataclass(frozen=True)
 class RefinePlan:
-    """Frame and latent counts of one refinement call (reference §3.6, step 4).
+    """Frame and latent counts of one refinement call (docs/pipelines.md, Pipelines).
 
     num_frames: stage-1 frames in; new_frames: frames after temporal upsampling (2× or 1×).
     num_cond_frames: conditioning frames as given (the first of the new frames);

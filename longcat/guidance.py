@@ -20,7 +20,7 @@ def cfg_zero_star(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> tor
     ``u·s* + scale·(c − u·s*)``. Returns fp32, shape of ``cond``.
 
     Deviation: the official pipeline views ``s*`` as ``[B, 1, 1, 1]`` against a 5-D tensor,
-    which is only right for B = 1 (reference §10); this is the per-sample formula it intends
+    which is only right for B = 1 (docs/pipelines.md, Pipelines); this is the per-sample formula it intends
     (same numbers at B = 1, pinned by ``test_guidance.py``).
     """
     if cond.shape != uncond.shape:

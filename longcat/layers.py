@@ -6,7 +6,8 @@ names follow the official state-dict keys (docs/model.md). Imports nothing from 
 
 The official model runs several parts in fp32 even when its weights are bf16 ("fp32 islands"):
 adaLN modulation, the LayerNorms, the timestep embedder and the final layer. ``linear_fp32`` and
-``block_kernels.layer_norm_fp32`` reproduce that explicitly (no autocast), casting bf16/fp16/fp8 weights up.
+``block_kernels.layer_norm_fp32`` reproduce that explicitly (no autocast), casting bf16/fp16/fp8
+weights up. The blocks' elementwise work is the injected ``block_kernels`` (torch ops or fused).
 """
 
 import math

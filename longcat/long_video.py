@@ -1,4 +1,4 @@
-"""Long videos (official ``run_demo_long_video.py`` / ``run_demo_interactive_video.py``, reference §3.5).
+"""Long videos (official ``run_demo_long_video.py`` / ``run_demo_interactive_video.py``, docs/pipelines.md, Pipelines).
 
 Stage 1: text-to-video, then continuation segments, each conditioned on the last
 ``num_cond_frames`` frames of the previous segment and adding ``num_frames − num_cond_frames``

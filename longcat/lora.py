@@ -231,7 +231,7 @@ def merge_lora(state_dict: Mapping[str, torch.Tensor], deltas: Mapping[str, Lora
                strength: float = 1.0) -> dict[str, torch.Tensor]:
     """Return a copy of ``state_dict`` with ``W' = W + strength·scale·up@down`` on each target.
 
-    The official merge formula (reference §4); the sum is formed in fp32 and cast back to W's
+    The official merge formula (docs/pipelines.md, LoRA); the sum is formed in fp32 and cast back to W's
     dtype. A scaled fp8 weight (``scale_weight`` in ``state_dict``) is dequantized, patched and
     re-quantized with its own per-row scale. Call repeatedly to stack LoRAs. Raises ValueError
     for targets not in ``state_dict``.

@@ -6,7 +6,7 @@ Callers supply ``dit_fn`` (the DiT forward with ``transformer_options`` bound, s
 from ``schedules``, the sampling conventions from ``guidance``; this module owns only the loop.
 Refinement is in ``refine.py``, long videos in ``long_video.py``. No ComfyUI import.
 
-Deliberate deviations from the official pipelines (reference §10), pinned by
+Deliberate deviations from the official pipelines (docs/pipelines.md, Pipelines), pinned by
 ``tests/longcat/test_pipelines.py`` and ``test_guidance.py``: latents stay fp32 between steps on
 every path (official vc without cache keeps bf16); CFG-Zero* is per sample (official breaks for
 B > 1); the caller's latents are never modified in place; noise comes from an explicit
@@ -95,7 +95,7 @@ def _check_denoise_args(latents, sigmas, guidance_scale, num_cond_latents):
 
 def build_kv_cache(dit_fn, cond_latents: torch.Tensor, offload: bool = False) -> dict:
     """The continuation KV cache: one DiT call on the clean conditioning latents ``[B, C, Tc, h, w]``
-    at t = 0 without cross-attention (reference §3.4) → ``{block: (k, v)}``."""
+    at t = 0 without cross-attention (docs/pipelines.md, Pipelines) → ``{block: (k, v)}``."""
     timestep = torch.zeros(cond_latents.shape[0], cond_latents.shape[2], device=cond_latents.device)
     extra = {"offload_kv_cache": True} if offload else {}
     _, cache = dit_fn(cond_latents, timestep, None, None, num_cond_latents=0, kv_cache=None,

@@ -1,4 +1,4 @@
-"""480p → 720p refinement (official ``generate_refine``, reference §3.6), as plain functions.
+"""480p → 720p refinement (official ``generate_refine``, docs/pipelines.md, Pipelines), as plain functions.
 
 Steps: upsample the stage-1 frames (bilinear in space, then trilinear in time to 2× frames or
 1× with ``spatial_refine_only``), pad per ``frames.refine_plan`` so conditioning and noise
@@ -40,7 +40,7 @@ class RefineResult:
 
 
 def upsample_frames(frames: torch.Tensor, height: int, width: int, new_frames: int) -> torch.Tensor:
-    """``[F, h, w, 3]`` in [0, 1] → ``[new_frames, height, width, 3]`` fp32 (reference §3.6 step 3).
+    """``[F, h, w, 3]`` in [0, 1] → ``[new_frames, height, width, 3]`` fp32 (docs/pipelines.md, Pipelines).
 
     Bilinear (align_corners=True) to (height, width) per frame, then trilinear
     (align_corners=True) to (new_frames, height, width), as the official pipeline does.

@@ -177,7 +177,7 @@ class LongCatMultiGPU(io.ComfyNode):
                                      "8 or 16. 1 turns multi-GPU off."),
                 io.Int.Input("timeout", default=300, min=10, max=3600,
                              tooltip="Seconds a GPU may stall before the run stops with an error "
-                                     "(a worker that dies is reported at once)."),
+                                     "(a worker that dies is reported within about 2 s)."),
             ],
             outputs=[io.Model.Output(tooltip="The MODEL running on the given GPUs (a clone).")],
         )

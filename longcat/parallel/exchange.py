@@ -4,7 +4,8 @@ Every rank runs the same DiT forward on the same inputs; ``ContextParallel`` (pu
 ``transformer_options[CP_OPTIONS_KEY]``) makes each rank keep only its share of the tokens:
 
 - Sharding: for every latent frame, rank r holds a contiguous slice of that frame's H·W tokens
-  (raster order; slice sizes differ by at most one, so any grid works). Each rank's shard is
+  (raster order; slice sizes differ by at most one, so H·W need not divide evenly, but every
+  rank needs at least one token per frame: H·W ≥ the number of ranks, checked by ``check``). Each rank's shard is
   ``[B, T·hw_r, C]``, still whole frames of equal length, so the per-frame adaLN modulation,
   gates and the final layer run unchanged on the shard; patch embedding runs on the full latent
   and is sliced (``shard``).

@@ -2,15 +2,21 @@
 
 ``WorkerPool`` makes this process rank 0 of a ``torch.distributed`` group (NCCL on CUDA devices,
 Gloo on the CPU; rendezvous on a TCP store at 127.0.0.1) and starts one worker process per
-other device (``worker``; what they exchange: ``wire``). It keeps their weights equal to rank 0's current ones
-(``sync_weights``), runs every DiT forward on all ranks at once (``forward``), and stops the
-workers on request, when it is garbage-collected, at interpreter exit and on any failure.
+other device (``worker``; what they exchange: ``wire``). It keeps their weights equal to rank
+0's current ones (``sync_weights``), runs every DiT forward on all ranks at once (``forward``),
+and stops the workers on request, when it is garbage-collected, at interpreter exit and on any
+failure.
 
 Failure handling, so that nothing hangs and nothing is left behind:
-- commands go over one pipe per worker; every wait on a worker is bounded by ``timeout`` and
-  watches the pipe, so a worker that errors or dies is noticed at once (its pipe closes);
+- starting waits up to ``max(timeout, 120 s)`` for each worker to import torch and say hello;
+- commands go over one pipe per worker; a command's answers are awaited for up to ``timeout``
+  while a watcher thread reads the pipes, so a worker that errors or dies (its pipe closes) is
+  noticed as it happens;
 - every collective has the group's ``timeout``; a worker that dies mid-collective breaks the
   collective on rank 0 (Gloo: connection reset; NCCL: the group is aborted by the watcher);
+  rank 0 then waits up to 2 s more (``_FAILURE_GRACE_S``) for the other workers' answers, so
+  the error names the worker that failed, not only the collective: a dead worker is reported
+  within about 2 s;
 - an error raised by rank 0's DiT alone, between collectives (ComfyUI's Cancel inside a
   layer), is not a failure: rank 0 joins the forward's remaining collectives with zeros
   (``ContextParallel.drain``), the workers finish it, and the error is re-raised as is;
@@ -110,12 +116,16 @@ class _Worker:
         return f"worker rank {self.rank} ({self.device}, pid {self.proc.pid})"
 
     def exit_story(self, wait_s: float = 0.0) -> str:
+        """How the worker ended, after waiting up to ``wait_s`` for it to end."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(wait_s)
         code = self.proc.poll()
         if code is None:
             return "closed its pipe but is still running"
-        return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if code < 0:
+            return f"was killed by signal {-code}"
+        # A worker that fails prints its traceback to its stderr (ComfyUI's console) before exiting.
+        return f"exited with code {code} (its traceback, if any, is in the console)"
 
 
 def _shutdown(workers: list, group_state: dict) -> None:
@@ -246,7 +256,7 @@ class WorkerPool:
             try:
                 message = worker.conn.recv()
             except (EOFError, OSError):
-                story = f"{worker.exit_story(1.0)} (its output is in the console)"
+                story = worker.exit_story(1.0)
             else:
                 if message.get("op") == op:
                     return message
@@ -382,14 +392,15 @@ class WorkerPool:
             if not watcher.finish(self.timeout):
                 self._fail()
                 raise WorkerError(f"LongCat multi-GPU failed while {doing}: "
-                                  f"{watcher.describe('did not finish (hung?)')}{_RESTART_NOTE}") from left.error
+                                  f"{watcher.describe(f'did not finish within {self.timeout:g} s (hung?)')}"
+                                  f"{_RESTART_NOTE}") from left.error
             raise
         except BaseException as err:
             watcher.finish(_FAILURE_GRACE_S)  # a worker's story may lag rank 0's error a little
             self._fail()
             if watcher.failed:
                 raise WorkerError(f"LongCat multi-GPU failed while {doing}: "
-                                  f"{watcher.describe('did not finish (hung?)')}{_RESTART_NOTE}") from err
+                                  f"{watcher.describe('had not finished')}{_RESTART_NOTE}") from err
             if isinstance(err, RuntimeError) and watcher.pending:  # a collective failed or timed out
                 raise WorkerError(f"LongCat multi-GPU failed while {doing}: rank 0 stopped with "
                                   f"\"{_last_line(str(err))}\"; {watcher.describe('had not finished')}"
@@ -438,7 +449,7 @@ class _Watcher(threading.Thread):
                 try:
                     answer = conn.recv()
                 except (EOFError, OSError):
-                    self.record_dead(worker, worker.exit_story(1.0) + " (its output is in the console)")
+                    self.record_dead(worker, worker.exit_story(1.0))
                     continue
                 if answer.get("op") != "ok":
                     self.errors.append((worker, _last_line(str(answer.get("message", answer)))))
@@ -457,7 +468,11 @@ class _Watcher(threading.Thread):
         return not self.pending and not self.failed
 
     def describe(self, silent: str) -> str:
-        """Dead workers first, then silent ones (``silent`` says how), then those that failed."""
+        """Dead workers first, then silent ones, then those that failed. ``silent`` says how a
+        worker without an answer is described when no other worker failed; after a failure such
+        a worker was only waiting for the others (it is stopped with them)."""
+        if self.failed:
+            silent = "was stopped with the others before it finished"
         parts = [f"{worker.describe()} {story}" for worker, story in self.dead]
         parts += [f"{worker.describe()} {silent}" for worker in self.pending.values()]
         parts += [f"{worker.describe()} failed: {error}" for worker, error in self.errors]

@@ -1,4 +1,4 @@
-"""Frame ↔ latent counts and the refine padding table of reference §3.6."""
+"""Frame ↔ latent counts and the refine padding table (docs/pipelines.md, Pipelines)."""
 
 import pytest
 from longcat_pack.longcat.frames import (
@@ -18,7 +18,7 @@ def test_latent_pixel_counts():
     assert round_frames(96) == 97  # official formula F//4·4 + 1 rounds a multiple of 4 up
 
 
-# (num_frames, Nc, spatial_only) → (add_front, Lc, Nn, Ln, add_back, frames encoded, latent T), reference §3.6
+# (num_frames, Nc, spatial_only) → (add_front, Lc, Nn, Ln, add_back, frames encoded, latent T), docs/pipelines.md, Pipelines
 TABLE = [
     ((93, 0, False), (0, 0, 186, 48, 6, 192, 48)),    # t2v refine 2×
     ((93, 1, False), (12, 4, 185, 48, 7, 205, 52)),   # i2v refine 2× (image)

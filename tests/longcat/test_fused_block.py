@@ -21,14 +21,6 @@ def inputs(t=4, h=8, w=8, seed=5):
     return torch.randn(1, 4, t, h, w, generator=g), torch.randn(1, 6, 32, generator=g)
 
 
-def both_paths(monkeypatch, fn):
-    """``fn()`` on the torch path, then with the fused kernels in the interpreter."""
-    monkeypatch.setattr(block_ops, "CPU_INTERPRETER", False)
-    want = fn()
-    monkeypatch.setattr(block_ops, "CPU_INTERPRETER", True)
-    return want, fn()
-
-
 KERNELS = ("ln_modulate", "rms_rope_", "gated_residual_", "swiglu_")
 FUSED = FusedBlockKernels(cpu_interpreter=True)
 

@@ -10,7 +10,7 @@ from longcat_pack.longcat.lora import (
 )
 
 C, FFN = 64, 192  # tiny hidden size and SwiGLU width; head layout does not matter for LoRA
-# Shapes of reference §1.8 on a tiny config (block 0 only, plus one block-1 weight).
+# LoRA shapes (docs/pipelines.md, LoRA) on a tiny config (block 0 only, plus one block-1 weight).
 MODEL_SHAPES = {
     "blocks.0.attn.qkv.weight": (3 * C, C),
     "blocks.0.attn.proj.weight": (C, C),

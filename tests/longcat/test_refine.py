@@ -1,4 +1,4 @@
-"""Refinement: upsampling, the §3.6 padding on real calls, t_thresh noising, cond frames, BSA on a tiny DiT."""
+"""Refinement: upsampling, the refine padding on real calls, t_thresh noising, cond frames, BSA on a tiny DiT."""
 
 import pytest
 import torch
@@ -49,7 +49,7 @@ def test_upsample_bilinear_then_trilinear():
     assert padded.shape[0] == 10 and torch.equal(padded[1], frames[0]) and torch.equal(padded[-1], frames[-1])
 
 
-# (num_frames, Nc, spatial_only) → (add_front, Lc, latent T, frames encoded), reference §3.6
+# (num_frames, Nc, spatial_only) → (add_front, Lc, latent T, frames encoded), docs/pipelines.md, Pipelines
 ROWS = [((93, 0, False), (0, 0, 48, 192)), ((93, 1, False), (12, 4, 52, 205)),
         ((93, 26, False), (3, 8, 48, 189)), ((93, 0, True), (0, 0, 24, 96)), ((93, 13, True), (0, 4, 24, 93))]
 

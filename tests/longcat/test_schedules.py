@@ -1,4 +1,4 @@
-"""Official sigma lists (reference §2.3, §8.12), checked against the published numbers."""
+"""Official sigma lists (docs/pipelines.md, Schedules), checked against the published numbers."""
 
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ def test_refine_from_t_thresh():
     t_hi = _timesteps(S.refine_sigmas(50, t_thresh=0.9))
     normal = _timesteps(S.normal_sigmas(50))
     assert t_hi[0] == 900 and torch.equal(t_hi[1:], normal[normal < 900]) and len(t_hi) == 22
-    # Shift 1 (reference §2.3): 26 steps.
+    # Shift 1 (docs/pipelines.md, Schedules): 26 steps.
     assert len(_timesteps(S.refine_sigmas(50, 0.5, shift=1.0))) == 26
 
 
