@@ -186,3 +186,25 @@ def test_unload_models_stops_the_workers(comfy):
     assert pids
     comfy["mm"].unload_all_models()
     assert _gone(pids)  # the runner's watch sees the unload within a second
+
+
+def test_kijai_scaled_fp8_with_a_lora_equals_one_gpu(comfy, comfy_models):
+    """Kijai's scaled fp8 file (fp8 weights, per-row scales; ComfyUI keeps them fp8) through the
+    node, then with a Kijai-layout LoRA patched in: the workers build the same DiT as the loader
+    (they used to refuse the scale tensors) and sample like one GPU."""
+    from longcat_pack.nodes import model_adapter
+
+    path = Path(comfy_models["dit"]).parent / "LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ_tiny.safetensors"
+    one = model_adapter.load_longcat_model(path)
+    qkv = one.model.diffusion_model.blocks[0].attn.qkv
+    assert qkv.weight.dtype == torch.float8_e4m3fn and qkv.scale_weight.dtype == torch.float32
+    from longcat_pack.nodes.multigpu import LongCatMultiGPU
+
+    node_model = LongCatMultiGPU.execute(one, 2, 60).result[0]
+    torch.testing.assert_close(_sample(comfy, node_model), _sample(comfy, one), **CLOSE)
+    lora, name = comfy["loading"].LongCatLoRA, "LongCat_distill_lora_tiny_KJ.safetensors"
+    want = _sample(comfy, lora.execute(one, name, 0.8).result[0])
+    got = _sample(comfy, lora.execute(node_model, name, 0.8).result[0])
+    torch.testing.assert_close(got, want, **CLOSE)
+    assert not torch.allclose(got, _sample(comfy, one), **CLOSE)
+    node_model.model_options["transformer_options"]["longcat_multi_gpu"].stop()
