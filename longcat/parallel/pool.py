@@ -214,6 +214,7 @@ class WorkerPool:
         if dist.is_initialized():
             raise RuntimeError("torch.distributed is already initialised in this process (by another "
                                "extension?); the multi-GPU workers need this process's default group")
+        started = time.monotonic()
         timeout = timedelta(seconds=self.timeout)
         start_timeout = max(self.timeout, _START_TIMEOUT_S)
         store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True,
@@ -234,8 +235,8 @@ class WorkerPool:
             raise
         self._generation += 1
         self._weights_version = None
-        log.info("LongCat context parallel: %d ranks (%s), worker pids %s", self.world_size, self.backend,
-                 self.pids())
+        log.info("LongCat context parallel: %d ranks (%s) started in %.1f s, worker pids %s", self.world_size,
+                 self.backend, time.monotonic() - started, self.pids())
 
     def _spawn(self, rank: int, port: int) -> _Worker:
         ours, theirs = Pipe()
@@ -287,11 +288,14 @@ class WorkerPool:
                 send(tensor, self.devices[0])
 
         self._weights_version = None
+        started = time.monotonic()
         message = {"op": "load", "config": config, "block_kernels": dit.block_kernels.name, "entries": entries}
         self._run(message, send_all, "loading the weights")
         self._weights_version = version
         self._generation += 1
-        log.info("LongCat context parallel: sent %d weights to %d workers", len(entries), len(self._workers))
+        gib = sum(t.numel() * t.element_size() for t in state.values()) / 2**30
+        log.info("LongCat context parallel: sent %d weights (%.2f GiB) to %d workers in %.2f s", len(entries), gib,
+                 len(self._workers), time.monotonic() - started)
         return True
 
     def forward(self, dit, x, timestep, context=None, context_mask=None, *, num_cond_latents=0, kv_cache=None,
