@@ -173,15 +173,26 @@ def extend_segment(dit_fn, encode, previous_frames: torch.Tensor, previous_laten
     return out
 
 
-def resize_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Speaker masks ``[K, h, w]`` → ``[K, height, width]`` as the image is fitted: cover-resize
-    (bilinear) then centre crop (the official pipeline's mask resize)."""
-    _, h, w = masks.shape
+def _cover_crop(x: torch.Tensor, height: int, width: int, antialias: bool) -> torch.Tensor:
+    """``[N, C, h, w]`` → ``[N, C, height, width]``: resize to cover (bilinear), centre crop."""
+    h, w = x.shape[-2:]
     if width / height > w / h:
         new_w, new_h = width, int(h * width / w)
     else:
         new_h, new_w = height, int(w * height / h)
-    resized = torch.nn.functional.interpolate(masks[None].float(), size=(new_h, new_w), mode="bilinear",
-                                              align_corners=False)[0]
+    x = torch.nn.functional.interpolate(x.float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                        antialias=antialias)
     top, left = (new_h - height) // 2, (new_w - width) // 2
-    return resized[:, top:top + height, left:left + width]
+    return x[..., top:top + height, left:left + width]
+
+
+def resize_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Speaker masks ``[K, h, w]`` → ``[K, height, width]`` as the image is fitted: cover-resize
+    (bilinear) then centre crop (the official pipeline's mask resize)."""
+    return _cover_crop(masks[None], height, width, antialias=False)[0]
+
+
+def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """An image ``[1, h, w, 3]`` in [0, 1] → ``[1, height, width, 3]``: cover-resize and centre crop
+    (the official ``resize_mode='crop'``; its resampling filter differs)."""
+    return _cover_crop(image.permute(0, 3, 1, 2), height, width, antialias=True).clamp(0, 1).permute(0, 2, 3, 1)

@@ -87,11 +87,11 @@ def infer_avatar_config(infos: dict, config_json: dict | None = None) -> dict:
 
 
 def avatar_version(config: dict) -> str:
-    """"1.0" or "1.5" from the audio feature shape."""
+    """"1.0" or "1.5" from the audio feature shape, else "custom LxC"."""
     for version, (layers, channels, _) in VERSIONS.items():
         if (config["audio_block"], config["audio_channel"]) == (layers, channels):
             return version
-    raise ValueError(f"audio features {config['audio_block']}x{config['audio_channel']} match no Avatar version")
+    return f"custom {config['audio_block']}x{config['audio_channel']}"
 
 
 def check_avatar_keys(infos: dict, config: dict) -> None:
