@@ -398,7 +398,8 @@ class LongCatAvatarDiT(LongCatVideoDiT):
         """Audio windows → tokens ``[B, T, M, C_a]`` aligned with the frames of x (the reference
         gets latent 0's tokens; the last T latent frames are kept)."""
         if audio is None:
-            raise ValueError("audio windows are required (zeros for the no-audio pass) unless skip_cross_attn")
+            raise ValueError("the Avatar DiT needs audio windows (zeros for the no-audio pass): sample it with "
+                             "LongCat Avatar Sampler, not a stock sampler")
         want = (AUDIO_WINDOW, self.audio_layers, self.audio_channels)
         if audio.ndim != 5 or tuple(audio.shape[2:]) != want:
             raise ValueError(f"audio must be [A, F, {want[0]}, {want[1]}, {want[2]}] for this Avatar model, "

@@ -37,10 +37,11 @@ def _collect(path: Path) -> dict:
     ``<m>.weight`` with dtype int8 next to ``<m>.scale_weight``."""
     if path.is_dir() and (path / INT8_INDEX).is_file():
         path = path / INT8_INDEX
+    if path.is_file() and path.suffix == ".safetensors" and any(
+            _KIJAI_AUDIO_PROJ in k for k in base.read_header(path)):
+        raise ValueError(f"{path.name}: Kijai's Avatar layout is not supported (only its audio projector's key "
+                         "names are documented); use the official Avatar files")
     infos = base.collect_tensors(path)
-    if any(k.startswith(_KIJAI_AUDIO_PROJ) for k in infos):
-        raise ValueError(f"{path.name}: Kijai's Avatar layout is not supported (its audio key names are not "
-                         "documented); use the official Avatar files")
     return {(k[:-len(INT8_SUFFIX)] + ".weight" if k.endswith(INT8_SUFFIX) else k): v for k, v in infos.items()}
 
 

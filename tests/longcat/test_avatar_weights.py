@@ -93,6 +93,15 @@ def test_wrong_family_gets_a_clear_message(tmp_path):
         inspect_avatar_checkpoint(tmp_path / "broken.safetensors")
 
 
+def test_kijai_avatar_file_is_refused_clearly(tmp_path):
+    """Kijai's Avatar files keep the projector as multitalk_audio_proj.*; the rest of their map is unknown."""
+    state = {("multitalk_audio_proj." + k[len("audio_proj."):] if k.startswith("audio_proj.") else k): v
+             for k, v in tiny_avatar().state_dict().items()}
+    save_file(state, str(tmp_path / "LongCat-Avatar_comfy_bf16.safetensors"))
+    with pytest.raises(ValueError, match="Kijai's Avatar layout is not supported"):
+        inspect_avatar_checkpoint(tmp_path / "LongCat-Avatar_comfy_bf16.safetensors")
+
+
 def test_avatar_lora_on_the_base_model_is_refused_clearly():
     """An official-format LoRA (the DMD LoRA's format) that targets audio layers."""
     sep = lora.OFFICIAL_SEP
