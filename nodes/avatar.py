@@ -209,8 +209,8 @@ class LongCatAvatarSampler(io.ComfyNode):
                         "v = u + text_cfg·(c − u_text) + audio_cfg·(u_text − u).",
             inputs=[
                 *_common_inputs(),
-                io.Int.Input("width", default=832, min=64, max=4096, step=16, tooltip="480p: 832x480; 720p: 1280x768."),
-                io.Int.Input("height", default=480, min=64, max=4096, step=16),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="480p: 832x480; 720p: 1280x768."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels (multiple of 16)."),
                 io.Int.Input("num_frames", default=93, min=5, max=1001, step=4,
                              tooltip="Frames of this segment (1 + 4k; the official segment is 93)."),
                 *_guidance_inputs(),
@@ -283,13 +283,14 @@ class LongCatAvatarExtend(io.ComfyNode):
                                      "reference (official 3)."),
                 io.Boolean.Input("use_kv_cache", default=True,
                                  tooltip="Compute the reference and overlap keys/values once (same result)."),
-                io.Conditioning.Input("negative", optional=True),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative prompt; required when a cfg is above 1."),
             ],
             outputs=[
                 io.Latent.Output(tooltip="This segment's latent (overlap latents first); feed the next Extend."),
                 io.Image.Output(display_name="new_frames", tooltip="The new frames (overlap dropped): append them "
                                                                    "to the video with ImageBatch."),
-                io.String.Output(display_name="bsa_report"),
+                io.String.Output(display_name="bsa_report", tooltip="What block-sparse attention did."),
             ],
         )
 
