@@ -108,3 +108,19 @@ def test_bad_inputs_get_one_line_errors():
         model(x, t, ctx, mask, audio=two, speaker_masks=speaker_masks(3))
     with pytest.raises(ValueError, match="ref_index"):
         model(x, t, ctx, mask, num_cond_latents=2, audio=audio, ref_frames=1)
+
+
+@pytest.mark.parametrize("name", ["avc_6_1_s2_cached", "avc_6_1_s1", "multi3_ai2v"])
+def test_fused_block_kernels_equal_the_torch_path(monkeypatch, name):
+    """The GPU path (fused LayerNorm/modulate, q/k RMSNorm + RoPE, gated residual kernels; here in
+    the Triton interpreter) on the Avatar blocks, whose audio branch works on token slices."""
+    from longcat_pack.kernels import block_ops
+    from tiny_avatar import avatar_cases, run_ours
+
+    model, case = tiny_avatar(seed=7), avatar_cases()[name]
+    with torch.no_grad():
+        monkeypatch.setattr(block_ops, "CPU_INTERPRETER", False)
+        want = run_ours(model, case)
+        monkeypatch.setattr(block_ops, "CPU_INTERPRETER", True)
+        got = run_ours(model, case)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
