@@ -38,11 +38,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _standalone import import_pack  # noqa: E402
+from _standalone import import_pack
 
 import_pack()
-from longcat_pack.longcat.avatar.dit import LongCatAvatarDiT  # noqa: E402
-from longcat_pack.longcat.bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY, BSASettings  # noqa: E402
+from longcat_pack.longcat.avatar.dit import LongCatAvatarDiT
+from longcat_pack.longcat.bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY, BSASettings
 
 # name: (batch, latent T, latent H, latent W)
 CASES = {"480p": (2, 24, 60, 104), "720p": (2, 24, 96, 160)}
@@ -99,10 +99,12 @@ def import_official(root: Path):
     audio = module("longcat_video.audio_process")
     audio.__path__ = [str(root / "longcat_video" / "audio_process")]
     sys.path.insert(0, str(root))
-    import longcat_video.audio_process.torch_utils as torch_utils
+    from longcat_video.audio_process import torch_utils
 
     torch_utils.torch_gc = lambda: None
-    from longcat_video.modules.avatar.longcat_video_dit_avatar import LongCatVideoAvatarTransformer3DModel
+    from longcat_video.modules.avatar.longcat_video_dit_avatar import (
+        LongCatVideoAvatarTransformer3DModel,
+    )
 
     return LongCatVideoAvatarTransformer3DModel
 

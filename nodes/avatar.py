@@ -24,7 +24,11 @@ from ..longcat.avatar.sampling import (
     fit_image,
     resize_masks,
 )
-from ..longcat.avatar.weights import avatar_version, inspect_avatar_checkpoint, read_avatar_tensors
+from ..longcat.avatar.weights import (
+    avatar_version,
+    inspect_avatar_checkpoint,
+    read_avatar_tensors,
+)
 from ..longcat.frames import check_size
 from ..longcat.pipelines import make_noise
 from ..longcat.schedules import SHIFT, enhance_hf_sigmas, normal_sigmas

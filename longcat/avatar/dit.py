@@ -76,7 +76,7 @@ class AudioProjector(nn.Module):
         Latent frame 0 takes video frame 0's whole window; latent frame j ≥ 1 covers video frames
         4j−3..4j and takes the first one's left half and centre, the middle ones' centres and the
         last one's centre and right half (window + 3 audio frames)."""
-        a, f = windows.shape[:2]
+        f = windows.shape[1]
         if (f - 1) % self.vae_scale:
             raise ValueError(f"audio windows must cover 1 + {self.vae_scale}k video frames, got {f}")
         mid = self.window // 2
@@ -126,7 +126,7 @@ def speaker_positions(ref_map: torch.Tensor, class_range: int, class_interval: i
     second = (ref_map[1] - lo[1]) / (hi[1] - lo[1] + 1e-8) * class_interval + (class_range - class_interval)
     background = torch.full_like(first, _background_position(ref_map.shape[0], class_range))
     choice = ref_map.argmax(0).clamp(max=2)
-    return torch.stack([first, second, background], dim=1)[torch.arange(ref_map.shape[1]), choice]
+    return torch.stack([first, second, background], dim=1)[torch.arange(ref_map.shape[1], device=choice.device), choice]
 
 
 def _background_position(classes: int, class_range: int) -> int:
@@ -172,7 +172,7 @@ class AvatarSelfAttention(SelfAttention):
     def _attend(self, q, k, v, plan: AvatarPlan, opts: dict, n_cond: int, bsa, reports):
         if not plan.ref_frames:
             return super()._attend(q, k, v, plan, opts, n_cond, bsa, reports)
-        t, h, w = plan.grid
+        _, h, w = plan.grid
         hw = h * w
 
         def core(q_, k_, v_):
@@ -351,7 +351,7 @@ class LongCatAvatarDiT(LongCatVideoDiT):
             class_range=self.class_range, class_interval=self.class_interval,
         )
         if not skip_cross_attn:
-            plan.audio = self._audio_tokens(audio, b, t, ref_frames, multi, x.dtype)
+            plan.audio = self._audio_tokens(audio, b, t, ref_frames, multi, x)
             if multi:
                 if b != 1 or num_cond_latents < 1:
                     raise ValueError("several speakers need batch 1 and condition frames (image or continuation)")
@@ -394,7 +394,7 @@ class LongCatAvatarDiT(LongCatVideoDiT):
         end = ref_index + mask_frame_range - cond_frames + 2
         return (start, end) if 0 <= start < end <= noise_frames else None
 
-    def _audio_tokens(self, audio, b, t, ref_frames, multi, dtype):
+    def _audio_tokens(self, audio, b, t, ref_frames, multi, x):
         """Audio windows → tokens ``[B, T, M, C_a]`` aligned with the frames of x (the reference
         gets latent 0's tokens; the last T latent frames are kept)."""
         if audio is None:
@@ -406,7 +406,7 @@ class LongCatAvatarDiT(LongCatVideoDiT):
                              f"got {tuple(audio.shape)} (audio embeds of the other Avatar version?)")
         if not multi and audio.shape[0] not in (1, b):
             raise ValueError(f"audio batch {audio.shape[0]} must be 1 or the latent batch {b} for one speaker")
-        tokens = self.audio_proj(audio.to(device=self.x_embedder.proj.weight.device, dtype=dtype))
+        tokens = self.audio_proj(audio.to(device=x.device, dtype=x.dtype))
         if ref_frames:
             tokens = torch.cat([tokens[:, :1], tokens], dim=1)
         if tokens.shape[1] < t:

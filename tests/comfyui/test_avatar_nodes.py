@@ -72,7 +72,7 @@ def _sample(env, **kw):
 
 def test_sampler_runs_the_three_pass_guidance_and_keeps_the_image(env):
     out = _sample(env)
-    latent, report = out.result
+    latent, _ = out.result
     assert latent["samples"].shape == (1, 16, 8, LATENT, LATENT)
     meta = latent[env["avatar"].AVATAR_KEY]
     assert meta["end_frame"] == 29 and meta["ref"].shape == (1, 16, 1, LATENT, LATENT)

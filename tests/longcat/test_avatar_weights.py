@@ -6,7 +6,10 @@ import json
 import pytest
 import torch
 from longcat_pack.longcat import lora, weights
-from longcat_pack.longcat.avatar.weights import inspect_avatar_checkpoint, load_avatar_dit
+from longcat_pack.longcat.avatar.weights import (
+    inspect_avatar_checkpoint,
+    load_avatar_dit,
+)
 from safetensors.torch import save_file
 from tiny_avatar import avatar_inputs, tiny_avatar
 from tiny_dit import tiny_dit
