@@ -5,10 +5,12 @@ grids), at 480p and 720p, and where does the time go?
 The full-size Avatar 1.5 DiT (15.85 B parameters, bf16, random weights) is built once on the
 GPU; the official ``LongCatVideoAvatarTransformer3DModel`` (an uncommitted copy of its code,
 ``--official``) is built on the meta device and given the same tensors (no second copy). The
-call is the first segment's image-to-video pass A: batch 2 ([negative, positive] text, both
-with audio), 93 frames → 24 latents, latent 0 the image (``num_cond_latents=1``), one speaker.
+call is a first-segment image-to-video call: 93 frames → 24 latents, latent 0 the image
+(``num_cond_latents=1``), one speaker.
 
-* 480p: 480×832 → token grid 24×30×52; 720p: 768×1280 → 24×48×80.
+* 480p: 480×832 → token grid 24×30×52, batch 2 (the guided step's pass A: [negative, positive]
+  text, both with audio);
+* 720p: 768×1280 → 24×48×80, batch 1 (a whole DMD step at cfg 1, or the guided step's pass B).
 * ours dense: the injected attention is SDPA (cuDNN first, as ComfyUI orders it);
   ours BSA: sparsity 0.9375, chunks 4×4×4 (our kernels run the official asserts' failing grids:
   the one-frame image call, 23 noise frames, 480p's 30×52);
@@ -45,8 +47,8 @@ from longcat_pack.longcat.avatar.dit import LongCatAvatarDiT
 from longcat_pack.longcat.bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY, BSASettings
 
 # name: (batch, latent T, latent H, latent W)
-CASES = {"480p": (2, 24, 60, 104), "720p": (2, 24, 96, 160)}
-TINY_CASES = {"480p": (2, 6, 12, 20), "720p": (2, 6, 16, 24)}
+CASES = {"480p": (2, 24, 60, 104), "720p": (1, 24, 96, 160)}
+TINY_CASES = {"480p": (2, 6, 12, 20), "720p": (1, 6, 16, 24)}
 TINY = dict(hidden_size=64, depth=2, num_heads=2, caption_channels=64, adaln_tembed_dim=32,
             frequency_embedding_size=16, intermediate_dim=16, output_dim=16, context_tokens=4)
 TEXT_TOKENS, REAL_TEXT_TOKENS = 512, 300
