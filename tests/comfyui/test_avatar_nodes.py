@@ -136,3 +136,31 @@ def test_clear_errors(env):
             mask_frame_range=3, use_kv_cache=True)
     with pytest.raises(TypeError, match="Load LongCat-Video-Avatar Model"):
         avatar.check_avatar(object())
+
+
+def test_official_format_lora_patches_the_avatar_model(env):
+    """A LoRA in the official format (the DMD LoRA's) with a split qkv up-projection and an audio
+    target, through LongCat LoRA: the Avatar MODEL's output changes, and strength 0 restores it."""
+    import folder_paths
+    from longcat_pack.nodes.loading import LongCatLoRA
+
+    sep, rank = "___lorahyphen___", 2
+    gen = torch.Generator().manual_seed(5)
+    lora = {}
+    for path, parts, (out, inp) in (("blocks.0.attn.qkv", 3, (192, 64)),
+                                    ("blocks.1.audio_cross_attn.q_linear", 1, (64, 64))):
+        name = "lora___lorahyphen___" + path.replace(".", sep)
+        lora[name + ".lora_down.weight"] = torch.randn(parts * rank, inp, generator=gen) * 0.3
+        if parts == 1:
+            lora[name + ".lora_up.weight"] = torch.randn(out, rank, generator=gen) * 0.3
+        for i in range(parts if parts > 1 else 0):
+            lora[f"{name}.lora_up.blocks.{i}.weight"] = torch.randn(out // parts, rank, generator=gen) * 0.3
+        lora[name + ".alpha_scale"] = torch.tensor(0.5)
+    save_file(lora, str(env["folder"] / "avatar_dmd_tiny.safetensors"))
+    folder_paths.add_model_folder_path("loras", str(env["folder"]))
+    run = {"steps": 1, "text_cfg": 1.0, "audio_cfg": 1.0}
+    plain = _sample(env, **run).result[0]["samples"]
+    patched = LongCatLoRA.execute(model=env["model"], lora_name="avatar_dmd_tiny.safetensors", strength=1.0)
+    assert (_sample(env, model=patched.result[0], **run).result[0]["samples"] - plain).abs().max() > 1e-4
+    zero = LongCatLoRA.execute(model=env["model"], lora_name="avatar_dmd_tiny.safetensors", strength=0.0)
+    torch.testing.assert_close(_sample(env, model=zero.result[0], **run).result[0]["samples"], plain)
