@@ -9,8 +9,14 @@ of ``tiny_avatar.TINY_AVATAR`` (plus ``cp_split_hw=[1, 1]``, ``text_tokens_zero_
 through it (the cached cases: its cache pass ``return_kv=True, skip_crs_attn=True`` on
 ``[ref | cond]``, then the noise frames with that cache). Its outputs were saved as they came,
 with a checksum of the seeded weights. Our outputs agreed to ≤ 1e-6 on all 26 cases (both
-``audio_prenorm`` settings); the file keeps 14 tensors (~105 KB). No official code is needed to
-run these tests.
+``audio_prenorm`` settings).
+
+``loop_*``: two sampling steps of a continuation segment (``tiny_avatar.loop_cases``: one and
+two speakers, text + audio CFG or DMD's single pass, cached and uncached), run by the official
+``generate_avc`` denoising loop (pipeline_longcat_video_avatar.py lines 1366-1497, transcribed
+line by line over the official DiT, with the scheduler's Euler step written out) and by our
+``avatar_denoise`` + overlap write; they agreed to ≤ 3.4e-6. The file keeps 18 tensors (~137 KB).
+No official code is needed to run these tests.
 """
 
 from pathlib import Path
@@ -18,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_avatar import avatar_cases, run_ours, tiny_avatar, weight_checksum
+from tiny_avatar import avatar_cases, loop_cases, run_our_loop, run_ours, tiny_avatar, weight_checksum
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "avatar_official.safetensors"
 REFERENCE = load_file(str(FIXTURE))
@@ -36,7 +42,7 @@ def _model(prenorm):
     return model
 
 
-@pytest.mark.parametrize("key", sorted(k for k in REFERENCE if not k.startswith(("checksum", "projector"))))
+@pytest.mark.parametrize("key", sorted(k for k in REFERENCE if not k.startswith(("checksum", "projector", "loop_"))))
 def test_dit_matches_official(key):
     name, tag = key.rsplit(".", 1)
     model = _model(tag == "prenorm")
@@ -52,3 +58,11 @@ def test_projector_matches_official():
         tokens = model.audio_proj(windows)
     assert tokens.shape == (2, 4, 4, 16)  # 13 video frames → 4 latent frames of 4 tokens × 16
     torch.testing.assert_close(tokens, REFERENCE["projector.prenorm"], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("key", sorted(k for k in REFERENCE if k.startswith("loop_")))
+def test_continuation_sampling_matches_the_official_loop(key):
+    name = key[len("loop_"):].rsplit(".", 1)[0]
+    with torch.no_grad():
+        ours = run_our_loop(_model(True), loop_cases()[name])
+    torch.testing.assert_close(ours, REFERENCE[key], atol=2e-5, rtol=0)

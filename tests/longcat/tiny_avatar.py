@@ -108,3 +108,38 @@ def run_ours(model, case):
         return model(x[:, :, tc:], case["timestep"], case["context"], case["mask"], kv_cache=cache,
                      audio=case["audio"], **kw)
     return model(x, case["timestep"], case["context"], case["mask"], audio=case["audio"], **kw)
+
+
+def loop_cases():
+    """Continuation sampling runs compared with the official ``generate_avc`` loop: ``{name: dict}``
+    with the [cond (4) | noise (4)] latents, the reference latent, the overlap re-encode, the
+    texts, the audio windows and the sampling settings (2 steps at bf16-exact timesteps)."""
+    cases = {}
+    for name, streams, cfg, cache in (("single_cfg_cached", 1, (4.0, 3.0), True),
+                                      ("single_cfg_uncached", 1, (4.0, 3.0), False),
+                                      ("multi_cfg_cached", 2, (4.0, 3.0), True),
+                                      ("single_dmd_cached", 1, (1.0, 1.0), True)):
+        x, ctx, mask, audio = avatar_inputs(11, 1, 9, video_frames=29, streams=streams)
+        gen = torch.Generator().manual_seed(12)
+        cases[name] = dict(latents=x[:, :, 1:], ref=x[:, :, :1], overlap=torch.randn(1, 4, 4, 8, 8, generator=gen),
+                           pos=ctx, pos_mask=mask, neg=torch.randn(ctx.shape, generator=gen), neg_mask=mask.flip(1),
+                           audio=audio, sigmas=torch.tensor([1.0, 0.5, 0.0]), text_scale=cfg[0], audio_scale=cfg[1],
+                           speaker_masks=speaker_masks(3) if streams == 2 else None, use_kv_cache=cache,
+                           ref_index=6, mask_frame_range=1)
+    return cases
+
+
+def run_our_loop(model, case):
+    """``avatar_denoise`` on one of ``loop_cases``, then the overlap re-encode written over the
+    condition latents (what ``extend_segment`` returns)."""
+    from longcat_pack.longcat.avatar.sampling import Reference, avatar_denoise
+    from longcat_pack.longcat.pipelines import TextCondition, make_dit_fn
+
+    out = avatar_denoise(make_dit_fn(model), case["latents"], case["sigmas"],
+                         TextCondition(case["pos"], case["pos_mask"]), case["audio"],
+                         TextCondition(case["neg"], case["neg_mask"]), case["text_scale"], case["audio_scale"],
+                         num_cond_latents=4, reference=Reference(case["ref"], case["ref_index"],
+                                                                 case["mask_frame_range"]),
+                         speaker_masks=case["speaker_masks"], use_kv_cache=case["use_kv_cache"])
+    out[:, :, :4] = case["overlap"]
+    return out
