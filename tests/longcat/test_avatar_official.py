@@ -24,7 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_avatar import avatar_cases, loop_cases, run_our_loop, run_ours, tiny_avatar, weight_checksum
+from tiny_avatar import (
+    avatar_cases,
+    loop_cases,
+    run_our_loop,
+    run_ours,
+    tiny_avatar,
+    weight_checksum,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "avatar_official.safetensors"
 REFERENCE = load_file(str(FIXTURE))
