@@ -44,7 +44,8 @@ from _standalone import import_pack
 
 import_pack()
 from longcat_pack.longcat.avatar.dit import LongCatAvatarDiT
-from longcat_pack.longcat.bsa_settings import BSA_LOG_KEY, BSA_OPTIONS_KEY, BSASettings
+from longcat_pack.longcat.bsa_settings import BSASettings  # noqa: E402
+from longcat_pack.longcat.options import BSA_LOG_KEY, BSA_OPTIONS_KEY
 
 # name: (batch, latent T, latent H, latent W)
 CASES = {"480p": (2, 24, 60, 104), "720p": (1, 24, 96, 160)}

@@ -29,11 +29,12 @@ from ..longcat.avatar.weights import (
     inspect_avatar_checkpoint,
     read_avatar_tensors,
 )
+from ..longcat.block_kernels import kernels_named
+from ..longcat.build import resolve_block_kernels
 from ..longcat.frames import check_size
 from ..longcat.pipelines import make_noise
 from ..longcat.schedules import SHIFT, enhance_hf_sigmas, normal_sigmas
 from .loading import model_choices, resolve_model_path
-from .logic import WEIGHT_DTYPES, weight_dtype_option
 from .model_adapter import (
     LongCatVideoConfig,
     LongCatVideoModel,
@@ -42,6 +43,7 @@ from .model_adapter import (
     install_lora_key_map,
 )
 from .runtime import VaeCodec, loaded_model, progress_callback, text_condition
+from .weight_dtypes import WEIGHT_DTYPES, weight_dtype_option
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,10 @@ AVATAR_KEY = "longcat_avatar"  # LATENT entry: what the extension node needs fro
 SCHEDULES = ("dmd", "normal", "enhance_hf")
 
 
-def _build_avatar_dit(image_model=None, meta_init=False, dtype=None, device=None, operations=None, **config):
+def _build_avatar_dit(image_model=None, meta_init=False, dtype=None, device=None, operations=None,
+                      block_kernels="torch", **config):
     return LongCatAvatarDiT(**config, attention=optimized_attention, device="meta" if meta_init else device,
-                            dtype=dtype, operations=operations)
+                            dtype=dtype, operations=operations, block_kernels=kernels_named(block_kernels))
 
 
 class LongCatAvatarConfig(LongCatVideoConfig):
@@ -77,14 +80,16 @@ def load_avatar_model(path, weight_dtype=None):
     ``model_adapter.load_longcat_model`` builds the base model."""
     install_lora_key_map()
     infos, dit_config = inspect_avatar_checkpoint(path)
-    config = LongCatAvatarConfig({"image_model": "longcat_avatar", "meta_init": True, **dit_config})
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    supported = list(config.supported_inference_dtypes)
+    supported = list(LongCatAvatarConfig.supported_inference_dtypes)
     if weight_dtype is None:
         weight_dtype = (torch.bfloat16 if any(i.dtype == torch.int8 for i in infos.values())
                         else _default_weight_dtype(infos, load_device, supported))
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
+    kernels = resolve_block_kernels("auto", load_device, manual_cast or weight_dtype, dit_config)
+    config = LongCatAvatarConfig({"image_model": "longcat_avatar", "meta_init": True, **dit_config,
+                                  "block_kernels": kernels.name})
     config.set_inference_dtype(weight_dtype, manual_cast)
     state = read_avatar_tensors(infos, dtype=weight_dtype)
     model = config.get_model(state, "")

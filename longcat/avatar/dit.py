@@ -18,15 +18,9 @@ from torch import nn
 
 from ..attention import SelfAttention, SelfAttnPlan, _core, sdpa_attention
 from ..dit import LongCatBlock, LongCatVideoDiT, window_sigma
-from ..layers import (
-    NORM_EPS,
-    RMSNorm,
-    gated_residual,
-    linear_fp32,
-    norm_affine,
-    norm_modulate,
-)
-from ..parallel import CP_OPTIONS_KEY
+from ..block_kernels import TORCH_KERNELS
+from ..layers import NORM_EPS, RMSNorm, linear_fp32
+from ..options import CP_OPTIONS_KEY
 from ..rope import apply_rope, axis_angles
 from .embeds import AUDIO_WINDOW
 
@@ -241,11 +235,12 @@ class AvatarBlock(LongCatBlock):
     """
 
     def __init__(self, dim, num_heads, mlp_ratio, t_dim, attention, audio_dim, audio_prenorm,
-                 device=None, dtype=None, operations=nn):
+                 device=None, dtype=None, operations=nn, block_kernels=TORCH_KERNELS):
         super().__init__(dim, num_heads, mlp_ratio, t_dim, attention, device=device, dtype=dtype,
-                         operations=operations)
+                         operations=operations, block_kernels=block_kernels)
         kw = {"device": device, "dtype": dtype}
-        self.attn = AvatarSelfAttention(dim, num_heads, attention, operations=operations, **kw)
+        self.attn = AvatarSelfAttention(dim, num_heads, attention, operations=operations,
+                                        block_kernels=block_kernels, **kw)
         self.audio_adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(t_dim, 3 * dim, bias=True, **kw))
         self.pre_video_crs_attn_norm = operations.LayerNorm(dim, elementwise_affine=True, eps=NORM_EPS, **kw)
         self.pre_audio_crs_attn_norm = (
@@ -257,16 +252,17 @@ class AvatarBlock(LongCatBlock):
         mod = linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
 
-        attn, kv, reports, ref_map = self.attn(norm_modulate(self.mod_norm_attn, x, shift_msa, scale_msa),
+        ops = self.block_kernels
+        attn, kv, reports, ref_map = self.attn(ops.norm_modulate(self.mod_norm_attn, x, shift_msa, scale_msa),
                                                plan, opts, cache, bsa)
-        x = gated_residual(x, attn, gate_msa)
+        x = ops.gated_residual(x, attn, gate_msa)
 
         if text is not None:
-            x = x + self._cross(norm_affine(self.pre_crs_attn_norm, x), text, plan, opts)
+            x = x + self._cross(ops.norm_affine(self.pre_crs_attn_norm, x), text, plan, opts)
             x = self._audio(x, t_emb, plan, opts, ref_map)
 
-        ffn = self.ffn(norm_modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp))
-        return gated_residual(x, ffn, gate_mlp), kv, reports
+        ffn = self.ffn(ops.norm_modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp))
+        return ops.gated_residual(x, ffn, gate_mlp), kv, reports
 
     def _audio(self, x, t_emb, plan: AvatarPlan, opts, ref_map):
         """x plus the gated, adaLN-modulated audio attention on the noise frames (condition
@@ -275,18 +271,19 @@ class AvatarBlock(LongCatBlock):
         n_cond = plan.cond_frames * (x.shape[1] // plan.grid[0])
         mod = linear_fp32(self.audio_adaLN_modulation[1], F.silu(t_emb[:, plan.cond_frames:])).unsqueeze(2)
         shift, scale, gate = mod.chunk(3, dim=-1)
+        ops = self.block_kernels
         tokens = plan.audio[:, plan.cond_frames:].flatten(0, 1)
         if self.pre_audio_crs_attn_norm is not None:
-            tokens = norm_affine(self.pre_audio_crs_attn_norm, tokens)
+            tokens = ops.norm_affine(self.pre_audio_crs_attn_norm, tokens)
         q_pos = k_pos = None
         if ref_map is not None:
             q_pos = speaker_positions(ref_map, plan.class_range, plan.class_interval)
             k_pos = stream_positions(tokens.shape[1], plan.streams, ref_map.shape[0], plan.class_range,
                                      plan.class_interval)
         noise = x[:, n_cond:]
-        out = self.audio_cross_attn(norm_affine(self.pre_video_crs_attn_norm, noise), tokens, frames, opts,
+        out = self.audio_cross_attn(ops.norm_affine(self.pre_video_crs_attn_norm, noise), tokens, frames, opts,
                                     q_pos, k_pos)
-        noise = gated_residual(noise, norm_modulate(self.mod_norm_attn, out, shift, scale), gate)
+        noise = ops.gated_residual(noise, ops.norm_modulate(self.mod_norm_attn, out, shift, scale), gate)
         return torch.cat([x[:, :n_cond], noise], dim=1) if n_cond else noise
 
 
@@ -302,16 +299,18 @@ class LongCatAvatarDiT(LongCatVideoDiT):
                  caption_channels=4096, mlp_ratio=4, adaln_tembed_dim=512, frequency_embedding_size=256,
                  patch_size=(1, 2, 2), text_tokens_zero_pad=True, audio_block=5, audio_channel=1280,
                  intermediate_dim=512, output_dim=768, context_tokens=32, audio_prenorm=False, class_range=24,
-                 class_interval=4, attention=None, device=None, dtype=None, operations=None):
+                 class_interval=4, attention=None, device=None, dtype=None, operations=None, block_kernels=None):
         super().__init__(in_channels, out_channels, hidden_size, 0, num_heads, caption_channels, mlp_ratio,
                          adaln_tembed_dim, frequency_embedding_size, patch_size, text_tokens_zero_pad, attention,
-                         device, dtype, operations)
+                         device, dtype, operations, block_kernels)
         operations = nn if operations is None else operations
         attention = sdpa_attention if attention is None else attention
         kw = {"device": device, "dtype": dtype, "operations": operations}
+        block_kw = {**kw, "block_kernels": self.block_kernels}
         self.depth = depth
         self.blocks = nn.ModuleList(
-            AvatarBlock(hidden_size, num_heads, mlp_ratio, adaln_tembed_dim, attention, output_dim, audio_prenorm, **kw)
+            AvatarBlock(hidden_size, num_heads, mlp_ratio, adaln_tembed_dim, attention, output_dim, audio_prenorm,
+                        **block_kw)
             for _ in range(depth)
         )
         self.audio_proj = AudioProjector(audio_block, audio_channel, intermediate_dim, output_dim, context_tokens, **kw)

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from .. import weights as base
+from ..build import resolve_block_kernels
 from ..layers import cast_ops
 from ..scaled_fp8 import is_scale_key, scale_key, weight_key
 from .dit import LongCatAvatarDiT
@@ -161,11 +162,14 @@ class _Opener:
 
 
 def load_avatar_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=None,
-                    attention=None) -> LongCatAvatarDiT:
-    """Build a ``LongCatAvatarDiT`` from weights (meta skeleton, tensors assigned; no random init)."""
+                    attention=None, block_kernels="auto") -> LongCatAvatarDiT:
+    """Build a ``LongCatAvatarDiT`` from weights (meta skeleton, tensors assigned; no random init).
+
+    block_kernels: "auto" / "fused" / "torch" or a kernels object (``longcat.block_kernels``)."""
     infos, config = inspect_avatar_checkpoint(path)
     state = read_avatar_tensors(infos, dtype, device)
-    model = LongCatAvatarDiT(**config, attention=attention, device="meta",
+    kernels = resolve_block_kernels(block_kernels, torch.device(device), dtype, config)
+    model = LongCatAvatarDiT(**config, attention=attention, device="meta", block_kernels=kernels,
                              operations=cast_ops if operations is None else operations)
     model.load_state_dict(state, strict=True, assign=True)
     return model.requires_grad_(False).eval()
