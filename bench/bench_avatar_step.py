@@ -113,7 +113,11 @@ def import_official(root: Path):
 
 
 def build_ours(config, device, dtype):
-    model = LongCatAvatarDiT(**config, device="meta", dtype=dtype).to_empty(device=device)
+    """Random weights on ``device``, the block kernels the loaders pick there ("auto")."""
+    from longcat_pack.longcat.build import resolve_block_kernels
+
+    kernels = resolve_block_kernels("auto", device, dtype, config)
+    model = LongCatAvatarDiT(**config, device="meta", dtype=dtype, block_kernels=kernels).to_empty(device=device)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else 0.3)
@@ -257,7 +261,7 @@ def main():
               + (f"  peak dense {row['ours_dense_peak_gb']:.1f} / BSA {row['ours_bsa_peak_gb']:.1f} GiB"
                  if row["ours_dense_peak_gb"] is not None else ""))
     result = {"card": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "tiny": args.tiny,
-              "torch": torch.__version__, "rows": rows}
+              "torch": torch.__version__, "block_kernels": ours.block_kernels.name, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print("wrote", args.out)
