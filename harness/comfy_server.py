@@ -20,7 +20,8 @@ from pathlib import Path
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "ComfyUI-LongCat-Video"
 # Combo inputs of our nodes that list model files; normalized to [] when snapshots are compared.
-FILE_INPUTS = {"LongCatModelLoader": ("model_name",), "LongCatLoRA": ("lora_name",)}
+FILE_INPUTS = {"LongCatModelLoader": ("model_name",), "LongCatLoRA": ("lora_name",),
+               "LongCatAvatarModelLoader": ("model_name",)}
 # ComfyUI options of the CPU test server (more can follow ``args``; a GPU server passes its own).
 CPU_ARGS = ("--cpu", "--preview-method", "auto")
 

@@ -12,6 +12,8 @@ it exactly as it detects the real file. Writes:
 * loras/longcat_tiny_official_lora.safetensors: official-format LoRA (split qkv up-projection,
   alpha_scale) for the tiny DiT; loras/longcat_tiny_comfy_lora.safetensors: the same deltas in
   ComfyUI's generic ``diffusion_model.*`` format (for LoraLoaderModelOnly).
+* diffusion_models/longcat_avatar_tiny/: a tiny Avatar DiT as an official sharded folder
+  (index, two shards, config.json with the 3x8 audio features).
 * diffusion_models/LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ_tiny.safetensors and
   loras/LongCat_distill_lora_tiny_KJ.safetensors: the same DiT in Kijai's scaled fp8 layout and a
   LoRA in Kijai's layout (``harness/kijai_layout.py``).
@@ -31,11 +33,13 @@ OFFICIAL_LORA_FILE = "longcat_tiny_official_lora.safetensors"
 COMFY_LORA_FILE = "longcat_tiny_comfy_lora.safetensors"
 KIJAI_FP8_DIT_FILE = "LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ_tiny.safetensors"
 KIJAI_LORA_FILE = "LongCat_distill_lora_tiny_KJ.safetensors"
+AVATAR_FOLDER = "longcat_avatar_tiny"
+AVATAR_AUDIO = (3, 8)  # audio layers x channels of the tiny Avatar DiT
 RANK = 2
 # File names the tests (and the workflow tests) put into prompts.
 TINY = {"dit": DIT_FILE, "vae": VAE_FILE, "official_lora": OFFICIAL_LORA_FILE,
         "comfy_lora": COMFY_LORA_FILE, "kijai_fp8_dit": KIJAI_FP8_DIT_FILE,
-        "kijai_lora": KIJAI_LORA_FILE}
+        "kijai_lora": KIJAI_LORA_FILE, "avatar": AVATAR_FOLDER + "/"}
 
 
 def _pack():
@@ -94,6 +98,29 @@ def write_kijai(models: Path, state: dict) -> None:
     save_file(lora, str(models / "loras" / KIJAI_LORA_FILE))
 
 
+def write_avatar(folder: Path) -> None:
+    """Tiny Avatar DiT (16 latent channels, umT5-wide captions) as an official sharded folder."""
+    import json
+
+    _pack()
+    from longcat_pack.longcat.avatar.dit import LongCatAvatarDiT
+
+    torch.manual_seed(3)
+    config = {**DIT_CONFIG, "audio_block": AVATAR_AUDIO[0], "audio_channel": AVATAR_AUDIO[1],
+              "intermediate_dim": 16, "output_dim": 16, "context_tokens": 4}
+    state = {k: v.detach().contiguous() for k, v in LongCatAvatarDiT(**config).state_dict().items()}
+    folder.mkdir()
+    keys = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((keys[:len(keys) // 2], keys[len(keys) // 2:]), 1):
+        name = f"diffusion_pytorch_model-{i:05d}-of-00002.safetensors"
+        save_file({k: state[k] for k in part}, str(folder / name))
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"audio_block": AVATAR_AUDIO[0],
+                                                    "audio_channel": AVATAR_AUDIO[1]}))
+
+
 def write_vae(folder: Path) -> None:
     """Random full-size Wan 2.1 VAE built from ComfyUI's own class (needs cwd = COMFYUI_DIR)."""
     sys.path.insert(0, ".")
@@ -124,6 +151,7 @@ def main(models: Path) -> None:
     state = write_dit(models / "diffusion_models")
     write_loras(models / "loras", state)
     write_kijai(models, state)
+    write_avatar(models / "diffusion_models" / AVATAR_FOLDER)
     write_vae(models / "vae")
 
 

@@ -111,8 +111,19 @@ class SelfAttention(nn.Module):
         for the dense ``attention``.
         """
         cp = plan.context_parallel
+        q, k, v, kv_out = self._roped_qkv(x, plan, cache)
+        n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
+        reports = []
+        out = self._attend(q, k, v, plan, opts, n_cond, bsa, reports)
+        if cp is not None:  # back to this rank's tokens, every head
+            out = cp.sequence_from_heads(out, plan.grid)
+        return self.proj(out), kv_out, reports
+
+    def _roped_qkv(self, x, plan: SelfAttnPlan, cache):
+        """q and k (normed, roped; k over ``[cache; x]``), v, each ``[B, heads, n, D]``, and the
+        pre-RoPE (k, v) to return when ``plan.return_kv`` (else None)."""
         rope_k = cache is None and not plan.return_kv  # else k is roped after the cache joins it
-        q, k, v = self._qkv(x, plan, cp, rope_k)
+        q, k, v = self._qkv(x, plan, plan.context_parallel, rope_k)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         kv_out = None
         if plan.return_kv:
@@ -122,11 +133,7 @@ class SelfAttention(nn.Module):
             v = torch.cat([_match(cache[1], v), v], dim=2)
         if not rope_k:
             k = apply_rope(k, *plan.rope)
-        reports = []
-        out = self._attend(q, k, v, plan, opts, n_cond, bsa, reports)
-        if cp is not None:  # back to this rank's tokens, every head
-            out = cp.sequence_from_heads(out, plan.grid)
-        return self.proj(out), kv_out, reports
+        return q, k, v, kv_out
 
     def _qkv(self, x, plan: SelfAttnPlan, cp, rope_k: bool):
         """q (normed, roped), k (normed; roped if ``rope_k``), v, each ``[B, heads, n, D]``; under

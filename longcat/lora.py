@@ -213,6 +213,9 @@ def _join_parts(key: str, count: int, parts: dict) -> LoraDelta:
 
 def _check_target(key: str, delta: LoraDelta, model_shapes: Mapping[str, tuple]) -> None:
     if key not in model_shapes:
+        if "audio_" in key:
+            raise ValueError(f"this LoRA is for LongCat-Video-Avatar (it targets {key!r}, an audio layer): "
+                             "apply it to a MODEL from 'Load LongCat-Video-Avatar Model'")
         raise ValueError(f"LoRA target {key!r} is not a weight of the model")
     expected = tuple(model_shapes[key])
     got = (delta.up.shape[0], delta.down.shape[1])

@@ -22,25 +22,37 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * dim_hw, dim_hw, dim_hw
 
 
-def _axis_angles(n: int, dim: int) -> torch.Tensor:
-    """Angles ``pos·θ^(−2j/dim)`` with each frequency repeated twice (interleaved): fp32 ``[n, dim]``.
+def axis_angles(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Angles ``pos·θ^(−2j/dim)`` with each frequency repeated twice (interleaved): fp32 ``[n, dim]``
+    for fp32 ``positions`` ``[n]``.
 
-    Computed on the CPU in fp32 as ``1 / θ^(2j/dim)``, like the official table, so angles match
-    bit for bit (GPU pow differs in the last ulp).
+    The frequencies are computed on the CPU in fp32 as ``1 / θ^(2j/dim)``, like the official
+    table, so angles match bit for bit (GPU pow differs in the last ulp).
     """
     inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    pos = torch.arange(n, dtype=torch.float32)
-    return torch.outer(pos, inv_freq).repeat_interleave(2, dim=-1)
+    return torch.outer(positions.float(), inv_freq.to(positions.device)).repeat_interleave(2, dim=-1)
 
 
-def rope_table(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_angles(n: int, dim: int) -> torch.Tensor:
+    return axis_angles(torch.arange(n, dtype=torch.float32), dim)
+
+
+def rope_table(grid: tuple[int, int, int], head_dim: int, device=None,
+               ref_position: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for a ``(T, H, W)`` token grid: fp32 ``[T·H·W, head_dim]`` each, T-major.
 
+    ref_position: None for temporal positions 0..T−1; else frame 0 is a reference frame placed at
+    that temporal position and frames 1..T−1 take 0..T−2 (the Avatar continuation, docs/avatar.md).
     Angles are built on the CPU; cos and sin are taken on ``device`` (where the official code takes them).
     """
     t, h, w = grid
     dim_t, dim_h, dim_w = rope_axis_dims(head_dim)
-    at = _axis_angles(t, dim_t)[:, None, None, :].expand(t, h, w, dim_t)
+    if ref_position is None:
+        angles_t = _axis_angles(t, dim_t)
+    else:
+        positions = torch.cat([torch.tensor([float(ref_position)]), torch.arange(t - 1, dtype=torch.float32)])
+        angles_t = axis_angles(positions, dim_t)
+    at = angles_t[:, None, None, :].expand(t, h, w, dim_t)
     ah = _axis_angles(h, dim_h)[None, :, None, :].expand(t, h, w, dim_h)
     aw = _axis_angles(w, dim_w)[None, None, :, :].expand(t, h, w, dim_w)
     angles = torch.cat([at, ah, aw], dim=-1).reshape(t * h * w, head_dim).to(device)
@@ -65,12 +77,13 @@ class RopeCache:
     def __init__(self):
         self._tables: OrderedDict = OrderedDict()
 
-    def get(self, grid: tuple[int, int, int], head_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(int(g) for g in grid), head_dim, str(device))
+    def get(self, grid: tuple[int, int, int], head_dim: int, device,
+            ref_position: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(int(g) for g in grid), head_dim, str(device), ref_position)
         if key in self._tables:
             self._tables.move_to_end(key)
             return self._tables[key]
-        table = rope_table(key[0], head_dim, device)
+        table = rope_table(key[0], head_dim, device, ref_position)
         self._tables[key] = table
         while len(self._tables) > _MAX_CACHED_GRIDS:
             self._tables.popitem(last=False)

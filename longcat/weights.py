@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I8": torch.int8,  # the INT8 Avatar copy (longcat/avatar/weights.py)
 }
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16) + FP8_DTYPES
@@ -300,6 +301,9 @@ def inspect_checkpoint(path) -> tuple[dict, dict]:
     Raises ValueError for bad files, non-LongCat checkpoints and key/shape mismatches.
     """
     infos = collect_tensors(path)
+    if "audio_proj.proj1.weight" in infos:
+        raise ValueError(f"{Path(path).name} is a LongCat-Video-Avatar checkpoint: load it with "
+                         "'Load LongCat-Video-Avatar Model'")
     config = infer_config(infos)
     check_keys(infos, config)
     return infos, config

@@ -7,6 +7,7 @@ import comfy.model_management
 from comfy_api.latest import ComfyExtension, io
 
 from . import (
+    avatar,
     bsa,
     conditioning,
     loading,
@@ -26,7 +27,7 @@ class LongCatExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loading.NODES, *bsa.NODES, *sampling.NODES, *conditioning.NODES,
-                 *refinement.NODES, *long_video.NODES, *multigpu.NODES]
+                 *refinement.NODES, *long_video.NODES, *multigpu.NODES, *avatar.NODES]
         if os.environ.get(testing.TEST_NODES_ENV) == "1":
             nodes += testing.NODES
         device = comfy.model_management.get_torch_device()  # the CPU under --cpu

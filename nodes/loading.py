@@ -14,8 +14,9 @@ from .runtime import check_longcat
 
 log = logging.getLogger(__name__)
 
-# An official ``dit/`` folder is recognised by its shard index.
+# An official ``dit/`` folder is recognised by its shard index (the Avatar INT8 copy has its own).
 OFFICIAL_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+OFFICIAL_INDEXES = (OFFICIAL_INDEX, "quantized_model.safetensors.index.json")
 _MAX_FOLDER_DEPTH = 3
 
 
@@ -31,7 +32,7 @@ def official_dit_folders() -> list[str]:
             continue
         for current, dirs, files in os.walk(root, followlinks=True):
             depth = os.path.relpath(current, root).count(os.sep) + (current != root)
-            if OFFICIAL_INDEX in files and current != root:
+            if any(index in files for index in OFFICIAL_INDEXES) and current != root:
                 found.append(os.path.relpath(current, root).replace(os.sep, "/") + "/")
             if depth >= _MAX_FOLDER_DEPTH:
                 dirs.clear()
@@ -50,7 +51,7 @@ def resolve_model_path(name: str) -> str:
     if name.endswith("/"):
         for root in folder_paths.get_folder_paths("diffusion_models"):
             path = os.path.join(root, name.rstrip("/"))
-            if os.path.isfile(os.path.join(path, OFFICIAL_INDEX)):
+            if any(os.path.isfile(os.path.join(path, index)) for index in OFFICIAL_INDEXES):
                 return path
         raise ValueError(f"model_name: official dit/ folder {name!r} not found in diffusion_models")
     return folder_paths.get_full_path_or_raise("diffusion_models", name)

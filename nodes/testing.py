@@ -3,6 +3,8 @@
 ``LongCatTestTextEncode`` stands in for the 5.7B umT5 text encoder in end-to-end tests: it makes
 CONDITIONING shaped like ComfyUI's Wan text encoder output (``[1, 512, 4096]``, real tokens
 first, padded positions zero) from a deterministic random draw seeded by the prompt.
+``LongCatTestAvatarAudio`` stands in for the audio encoder + LongCat Avatar Audio Embeds: seeded
+random ``LONGCAT_AUDIO_EMBEDS`` of a chosen size.
 """
 
 import zlib
@@ -10,6 +12,7 @@ import zlib
 import torch
 from comfy_api.latest import io
 
+from ..longcat.avatar.embeds import AvatarAudioEmbeds
 from .text_condition import TEXT_TOKENS
 
 TEST_NODES_ENV = "LONGCAT_TEST_NODES"
@@ -45,4 +48,27 @@ class LongCatTestTextEncode(io.ComfyNode):
         return io.NodeOutput([[fake_text_states(text, tokens), {}]])
 
 
-NODES = [LongCatTestTextEncode]
+class LongCatTestAvatarAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LongCatTestAvatarAudio",
+            display_name="LongCat Test Avatar Audio (tests only)",
+            category="LongCat/testing",
+            description="Seeded random audio embeds for the Avatar nodes in tests.",
+            inputs=[
+                io.Int.Input("frames", default=93, min=1, max=10000, tooltip="Video frames covered."),
+                io.Int.Input("layers", default=5, min=1, max=64, tooltip="Feature layers L."),
+                io.Int.Input("channels", default=1280, min=1, max=4096, tooltip="Feature channels C."),
+                io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="Random seed."),
+            ],
+            outputs=[io.Custom("LONGCAT_AUDIO_EMBEDS").Output(tooltip="One speaker's audio windows.")],
+        )
+
+    @classmethod
+    def execute(cls, frames: int, layers: int, channels: int, seed: int) -> io.NodeOutput:
+        windows = torch.randn(1, frames, 5, layers, channels, generator=torch.Generator().manual_seed(seed))
+        return io.NodeOutput(AvatarAudioEmbeds(windows, "1.5", 25.0))
+
+
+NODES = [LongCatTestTextEncode, LongCatTestAvatarAudio]

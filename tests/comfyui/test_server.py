@@ -18,7 +18,8 @@ pytestmark = pytest.mark.comfyui
 SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "object_info.json"
 OUR_NODES = {"LongCatModelLoader", "LongCatLoRA", "LongCatBSASettings", "LongCatScheduler",
              "LongCatImageToVideo", "LongCatContinueVideo", "LongCatSampler", "LongCatRefine720p",
-             "LongCatLongVideo", "LongCatMultiGPU"}
+             "LongCatLongVideo", "LongCatMultiGPU", "LongCatAvatarModelLoader", "LongCatAvatarSampler",
+             "LongCatAvatarExtend"}
 STAGE1 = {"width": 64, "height": 32}  # latent 4x8, token grid 2x4
 REFINE = {"width": 128, "height": 64}  # multiples of 64: token grid 4x8, BSA chunk 4x4x4 fits
 
@@ -52,7 +53,7 @@ def test_every_input_and_output_has_a_tooltip(object_info):
             for field, spec in info["input"].get(group, {}).items():
                 assert spec[1].get("tooltip"), f"{name}.{field} has no tooltip"
         assert all(info["output_tooltips"]), f"{name} has an output without a tooltip"
-        assert info["category"] == "LongCat"
+        assert info["category"] in ("LongCat", "LongCat/Avatar")
 
 
 def _text(node_id, text, tokens=8):
@@ -276,3 +277,28 @@ def test_multi_gpu_refine_and_unload_models_stops_the_workers(comfy_server):
     assert _workers_of(comfy_server.proc.pid) == []
     log = comfy_server.log_text()
     assert "LongCat multi-GPU worker rank" not in log and "WorkerError" not in log  # no worker failed
+
+
+def test_avatar_sampler_then_extend(comfy_server):
+    """Avatar folder → sampler (image, text and audio guidance) → extend (13-frame overlap), decoded."""
+    prompt = _base({
+        **_stage1(),
+        "40": {"class_type": "LongCatAvatarModelLoader", "inputs": {"model_name": TINY["avatar"],
+                                                                    "weight_dtype": "default"}},
+        "41": {"class_type": "LongCatTestAvatarAudio", "inputs": {"frames": 45, "layers": 3, "channels": 8,
+                                                                  "seed": 1}},
+        "42": {"class_type": "LongCatAvatarSampler", "inputs": {
+            "model": ["40", 0], "positive": ["2", 0], "negative": ["3", 0], "audio_embeds": ["41", 0],
+            "vae": ["6", 0], "image": ["7", 0], **STAGE1, "num_frames": 29, "schedule": "normal", "steps": 2,
+            "shift": 12.0, "text_cfg": 4.0, "audio_cfg": 3.0, "seed": 7}},
+        "43": {"class_type": "VAEDecode", "inputs": {"samples": ["42", 0], "vae": ["6", 0]}},
+        "44": {"class_type": "LongCatAvatarExtend", "inputs": {
+            "model": ["40", 0], "positive": ["2", 0], "audio_embeds": ["41", 0], "vae": ["6", 0],
+            "previous_latent": ["42", 0], "previous_images": ["43", 0], "schedule": "dmd", "steps": 8,
+            "shift": 12.0, "text_cfg": 1.0, "audio_cfg": 1.0, "seed": 8, "ref_index": 10,
+            "mask_frame_range": 3, "use_kv_cache": True}},
+        "45": {"class_type": "ImageBatch", "inputs": {"image1": ["43", 0], "image2": ["44", 1]}},
+        "46": {"class_type": "SaveImage", "inputs": {"images": ["45", 0], "filename_prefix": "lc_avatar"}},
+    })
+    entry = comfy_server.run(prompt)
+    assert len(_saved(entry, "46")) == 45  # 29 frames, then 29 − 13 new ones
