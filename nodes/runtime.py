@@ -83,6 +83,10 @@ def loaded_model(patcher, latent_shape, batch_multiplier: int = 1):
     opts = options.setdefault("transformer_options", {})
     comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), patcher.wrappers,
                                                copy_dict1=False)
+    if comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, opts):
+        log.warning("LongCat: the MODEL's DIFFUSION_MODEL wrappers (EasyCache and similar patches) "
+                    "run only under ComfyUI's samplers (KSampler, SamplerCustom); the LongCat "
+                    "sampling nodes ignore them")
     bsa_log = BSARunLog()
     opts[BSA_LOG_KEY] = bsa_log
     try:

@@ -18,6 +18,7 @@ A screenshot of each graph goes to ``out/screenshots/<workflow>.png``.
 import json
 from pathlib import Path
 
+import availability
 import pytest
 from comfy_drift import widget_changes
 
@@ -119,7 +120,8 @@ def test_frontend_loads_workflow(path, chromium, frontend_server):
     assert {m["label"] for m in missing_models} == _declared_models(workflow), missing_models
     assert all(m["error"] is None for m in missing_models), missing_models
     assert shot.stat().st_size > 50_000, f"{shot} looks empty"
-    convert = pytest.importorskip("comfy_cli.workflow_to_api").convert_ui_to_api
+    convert = availability.import_or_unavailable("comfy_cli.workflow_to_api",
+                                                 "pip install comfy-cli").convert_ui_to_api
     expected = _schema_inputs(convert(workflow, object_info), object_info)
     assert _schema_inputs(state["prompt"], object_info) == expected, (
         "the frontend's prompt differs from comfy-cli's conversion")
