@@ -3,16 +3,16 @@
 One server, one random full-size DiT (``comfyui_bench_models``, the VRAM bench's files and work
 folder, so files written by either bench are reused), text from the tests' stand-in node. The
 same 480p text-to-video sampling (832×480, 93 frames, stock KSampler, Euler, ``simple``
-schedule, cfg 1: one DiT call per step, as the distilled 16-step pass) runs twice, without and
-with the stock ``EasyCache`` node (default settings unless given), after a 1-step warm-up that
-loads the DiT. Per run: wall seconds of the prompt (KSampler + SaveLatent; loaders and text
-are cached by ComfyUI) and the DiT calls EasyCache skipped (its own log line). The weights are
-random: this shows that the cache runs and what it saves, not what it does to quality; the
-relative difference of the two latents is recorded for reference.
+schedule, cfg 1: one DiT call per step, as the distilled 16-step pass) runs without and with
+the stock ``EasyCache`` node (once per ``--reuse-thresholds`` value; its other settings default),
+after a 1-step warm-up that loads the DiT. Per run: wall seconds of the prompt (KSampler +
+SaveLatent; loaders and text are cached by ComfyUI) and the DiT calls EasyCache skipped (its
+own log line). The weights are random: this shows that the cache runs and what it saves, not
+what it does to quality; the relative difference of the latents is recorded for reference.
 
 Usage (on the GPU machine, ComfyUI's Python):
     python bench/bench_comfyui_easycache.py --comfyui .comfyui --out $OUT [--steps 16]
-        [--dit bf16|fp8] [--reuse-threshold 0.2] [--start-percent 0.15] [--end-percent 0.95]
+        [--dit bf16|fp8] [--reuse-thresholds 0.2,0.5] [--start-percent 0.15] [--end-percent 0.95]
     --tiny --cpu: the tests' tiny DiT at a tiny size on the CPU (a dry run of the whole path).
 Writes ``<out>/comfyui_easycache.json`` and ``<out>/easycache_server_log.txt``.
 """
@@ -93,15 +93,15 @@ def run(args) -> dict:
         options.append("--cpu")
         env["TRITON_INTERPRET"] = "1"
     size = TINY_SIZE if args.tiny else SIZE
-    easycache = {"reuse_threshold": args.reuse_threshold, "start_percent": args.start_percent,
-                 "end_percent": args.end_percent}
+    caches = {f"easycache {t}": {"reuse_threshold": t, "start_percent": args.start_percent,
+                                 "end_percent": args.end_percent} for t in args.reuse_thresholds}
     log_path = args.work / "logs" / "easycache.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     version = re.search(r'"([^"]+)"', (args.comfyui / "comfyui_version.py").read_text())
     results = {"environment": {"torch": torch.__version__, "gpu": gpu_info().get("gpu"),
                                "comfyui": version.group(1) if version else None,
                                "tiny": args.tiny, "cpu": args.cpu},
-               "dit": kind, "models_s": models["seconds"], "size": size, "easycache": easycache,
+               "dit": kind, "models_s": models["seconds"], "size": size, "easycache": caches,
                "sampler": "KSampler euler / simple, cfg 1 (one DiT call per step)", "runs": {}}
     with ComfyServer(args.comfyui, args.work / "base", extra_env=env, python=sys.executable,
                      args=options, log_path=log_path) as server:
@@ -109,15 +109,17 @@ def run(args) -> dict:
         results["runs"]["warmup"] = run_one(server, build_prompt(DIT_FILES[kind], size, 1, 0, None),
                                             args.max_run_s)
         results["warmup_s"] = round(time.monotonic() - started, 1)
-        for name, cache in (("off", None), ("easycache", easycache)):
+        for name, cache in (("off", None), *caches.items()):
             results["runs"][name] = run_one(
                 server, build_prompt(DIT_FILES[kind], size, args.steps, 1, cache), args.max_run_s)
-        off, on = (_latent(server, results["runs"][n]["entry"]) for n in ("off", "easycache"))
-        results["latent_rel_diff"] = round(((on - off).norm() / off.norm()).item(), 4)
+        off = _latent(server, results["runs"]["off"]["entry"])
+        for name in caches:
+            run_ = results["runs"][name]
+            on = _latent(server, run_["entry"])
+            run_["latent_rel_diff"] = round(((on - off).norm() / off.norm()).item(), 4)
+            run_["speedup"] = round(results["runs"]["off"]["seconds"] / run_["seconds"], 2)
         for run_ in results["runs"].values():
             del run_["entry"]
-        off, on = results["runs"]["off"], results["runs"]["easycache"]
-        results["speedup"] = round(off["seconds"] / on["seconds"], 2)
         (args.out / "easycache_server_log.txt").write_text(server.log_text())
     return results
 
@@ -126,13 +128,13 @@ def print_table(results: dict) -> None:
     size = results["size"]
     print(f"\nEasyCache on LongCat ({results['dit']}, {size['width']}x{size['height']}x"
           f"{size['length']}, {results['sampler']}; {results['environment']['gpu'] or 'CPU'})")
-    print("| run | steps | DiT calls | skipped | seconds per video |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in ("off", "easycache"):
-        r = results["runs"][name]
-        print(f"| {name} | {r['steps']} | {r['dit_calls']} | {r['skipped']} | {r['seconds']:.1f} |")
-    print(f"speed-up {results['speedup']}x, latent relative difference {results['latent_rel_diff']} "
-          f"(random weights), EasyCache {results['easycache']}")
+    print("| run | steps | DiT calls | skipped | seconds per video | speed-up | latent rel. diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results["runs"].items():
+        if name != "warmup":
+            print(f"| {name} | {r['steps']} | {r['dit_calls']} | {r['skipped']} | {r['seconds']:.1f} "
+                  f"| {r.get('speedup', 1.0)} | {r.get('latent_rel_diff', 0.0)} |")
+    print("latent rel. diff: against the run without cache (random weights: not a quality measure)")
 
 
 def main(argv=None) -> int:
@@ -143,13 +145,15 @@ def main(argv=None) -> int:
                         "(default: the VRAM bench's, /tmp/longcat_comfyui_bench[_tiny])")
     parser.add_argument("--steps", type=int, default=16, help="sampler steps per video")
     parser.add_argument("--dit", choices=sorted(DIT_FILES), default="bf16")
-    parser.add_argument("--reuse-threshold", type=float, default=0.2)
+    parser.add_argument("--reuse-thresholds", default="0.2",
+                        help="comma-separated EasyCache reuse_threshold values, one run each")
     parser.add_argument("--start-percent", type=float, default=0.15)
     parser.add_argument("--end-percent", type=float, default=0.95)
     parser.add_argument("--max-run-s", type=float, default=300.0, help="timeout of one video")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny DiT at a tiny size")
     parser.add_argument("--cpu", action="store_true", help="server on the CPU (with --tiny)")
     args = parser.parse_args(argv)
+    args.reuse_thresholds = [float(t) for t in args.reuse_thresholds.split(",") if t]
     if args.cpu and not args.tiny:
         parser.error("--cpu runs only with --tiny")
     args.work = args.work or Path("/tmp/longcat_comfyui_bench" + ("_tiny" if args.tiny else ""))

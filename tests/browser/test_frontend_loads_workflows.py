@@ -10,12 +10,15 @@ the file with ``app.loadGraphData`` and checks, from the frontend's own state:
   on stock nodes (PreviewAny's preview toggles since 1.35) are tolerated, see ``comfy_drift``;
 * the prompt the frontend would queue (``app.graphToPrompt``) equals comfy-cli's conversion;
 * the "Missing Models" dialog (the server has no model files) lists exactly the files declared
-  in ``properties.models``, each downloadable (no frontend error such as a bad folder or source).
+  in ``properties.models``, each downloadable (no frontend error such as a bad folder or source);
+* no two nodes overlap once the frontend has sized and drawn them (a newer ComfyUI may give a
+  stock node more widgets, and the frontend grows it over its neighbour).
 
-A screenshot of each graph goes to ``out/screenshots/<workflow>.png``.
+A screenshot of each graph goes to ``out/screenshots/frontend-<version>/<workflow>.png``.
 """
 
 import json
+import os
 from pathlib import Path
 
 import availability
@@ -67,12 +70,32 @@ FIT_AND_DRAW = """() => {
 }"""
 
 
+NODE_RECTS = """() => app.graph.nodes.map(n => ({id: n.id, type: n.type, title: n.title,
+    rect: Array.from(n.boundingRect)}))"""
+
+
+def _overlaps(nodes: list[dict]) -> list[str]:
+    """Pairs of nodes whose drawn rectangles (title bar included) intersect."""
+    found = []
+    for i, a in enumerate(nodes):
+        ax, ay, aw, ah = a["rect"]
+        for b in nodes[i + 1:]:
+            bx, by, bw, bh = b["rect"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                found.append(f"{a['id']} {a['title']!r} and {b['id']} {b['title']!r}")
+    return found
+
+
 def _open_frontend(chromium, server):
     context = chromium.new_context(viewport=VIEWPORT)
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
     page.goto(server.url)
     page.wait_for_function(APP_READY, timeout=90_000)
+    # COMFYUI_FRONTEND_VERSION: the version this run must be testing (CI's second browser run).
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+    expected = os.environ.get("COMFYUI_FRONTEND_VERSION")
+    assert expected in (None, version), f"frontend {version} served, {expected} expected"
     page.evaluate("() => app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
     return context, page
 
@@ -88,8 +111,9 @@ def _screenshot(page, name: str) -> Path:
         page.keyboard.press("Escape")  # closes the top dialog only
     page.evaluate(FIT_AND_DRAW)
     page.wait_for_timeout(500)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    folder = SCREENSHOTS / f"frontend-{page.evaluate('() => window.__COMFYUI_FRONTEND_VERSION__')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path))
     return path
 
@@ -103,6 +127,7 @@ def test_frontend_loads_workflow(path, chromium, frontend_server):
         page.wait_for_timeout(1000)  # the Missing Models dialog renders after the load
         missing_models = page.evaluate(MISSING_MODELS)
         shot = _screenshot(page, path.stem)
+        rects = page.evaluate(NODE_RECTS)
     finally:
         context.close()
     assert state["missing"] == [], f"missing node types: {state['missing']}"
@@ -120,6 +145,8 @@ def test_frontend_loads_workflow(path, chromium, frontend_server):
     assert {m["label"] for m in missing_models} == _declared_models(workflow), missing_models
     assert all(m["error"] is None for m in missing_models), missing_models
     assert shot.stat().st_size > 50_000, f"{shot} looks empty"
+    assert len(rects) == len(workflow["nodes"]), rects
+    assert not _overlaps(rects), f"overlapping nodes ({shot}): {_overlaps(rects)}"
     convert = availability.import_or_unavailable("comfy_cli.workflow_to_api",
                                                  "pip install comfy-cli").convert_ui_to_api
     expected = _schema_inputs(convert(workflow, object_info), object_info)

@@ -10,10 +10,11 @@ mutated copies of the snapshot (``test_comfy_drift.py``).
   Any other difference, at any depth, is a change: a value, a tooltip, an input or output added
   or removed, the input order, or a new field with a real value.
 * Widgets: a newer frontend may add frontend-only widgets to stock nodes (1.35.9 gives
-  ``PreviewAny`` ``preview``, ``preview``, ``previewMode``, saved as ``[null, null, false]``).
-  Those are tolerated after the file's values, on stock nodes, when their names are not inputs of
-  the node's schema. Every value in the file must come back unchanged, and our nodes must come
-  back exactly as saved.
+  ``PreviewAny`` ``preview``, ``preview``, ``previewMode``, saved as ``[null, null, false]``),
+  and a newer ComfyUI may add inputs with a default to stock nodes (0.33's ``CreateVideo``
+  ``bit_depth``, loaded at its default 8). Both are tolerated after the file's values, on stock
+  nodes: a widget that is not an input of the schema, or a schema input at its default. Every
+  value in the file must come back unchanged, and our nodes must come back exactly as saved.
 """
 
 OUR_PREFIX = "LongCat"
@@ -61,11 +62,16 @@ def widget_changes(node: dict, loaded_values: list, loaded_names: list, info: di
     if not extra:
         return None
     extra_names = loaded_names[len(saved):len(loaded_values)]
-    inputs = set()
+    inputs = {}
     for section in ("required", "optional"):
-        inputs |= set(((info or {}).get("input") or {}).get(section) or {})
+        inputs.update(((info or {}).get("input") or {}).get(section) or {})
     if node["type"].startswith(OUR_PREFIX):
         return f"our node gained widgets {extra_names!r} = {extra!r}"
-    if len(extra_names) != len(extra) or inputs & set(extra_names):
-        return f"widgets {extra_names!r} = {extra!r} added that the schema knows as inputs"
+    if len(extra_names) != len(extra):
+        return f"widgets {extra_names!r} = {extra!r} added, names and values do not pair up"
+    for name, value in zip(extra_names, extra):
+        spec = inputs.get(name)
+        opts = spec[1] if spec and len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if spec is not None and not ("default" in opts and opts["default"] == value):
+            return f"widget {name!r} = {value!r} added that the schema knows as an input (not at its default)"
     return None
