@@ -116,8 +116,21 @@ def widget_layout(node: dict, info: dict) -> list[tuple[str, list, int]]:
     return layout
 
 
+_NO_DEFAULT = object()
+
+
+def input_default(spec: list):
+    """What comfy-cli's converter sends for an input the file holds no value for: the spec's
+    default, else a combo's first option (not a dynamic combo's); ``_NO_DEFAULT`` otherwise."""
+    kind, opts = _spec_type_and_options(spec)
+    if "default" in opts:
+        return opts["default"]
+    options = kind if isinstance(kind, list) else opts.get("options") if kind == "COMBO" else None
+    return options[0] if options else _NO_DEFAULT
+
+
 def _has_default(spec: list) -> bool:
-    return "default" in _spec_type_and_options(spec)[1]
+    return input_default(spec) is not _NO_DEFAULT
 
 
 def widget_slots(name: str, spec: list) -> int:
@@ -378,7 +391,7 @@ def to_api_prompt(workflow: dict, object_info: dict) -> dict:
                 inputs[entry["name"]] = sources[entry["link"]]
         for name, spec, _ in ordered_inputs(object_info[kind]):
             if name not in inputs and _has_default(spec):
-                inputs[name] = _spec_type_and_options(spec)[1]["default"]
+                inputs[name] = input_default(spec)
         title = node.get("title") or object_info[kind].get("display_name", kind)
         prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
     return prompt

@@ -11,9 +11,10 @@ mutated copies of the snapshot (``test_comfy_drift.py``).
   or removed, the input order, or a new field with a real value.
 * Widgets: a newer frontend may add frontend-only widgets to stock nodes (1.35.9 gives
   ``PreviewAny`` ``preview``, ``preview``, ``previewMode``, saved as ``[null, null, false]``),
-  and a newer ComfyUI may add inputs with a default to stock nodes (0.33's ``CreateVideo``
-  ``bit_depth``, loaded at its default 8). Both are tolerated after the file's values, on stock
-  nodes: a widget that is not an input of the schema, or a schema input at its default. Every
+  and a newer ComfyUI may add inputs to stock nodes (0.33's ``CreateVideo`` ``bit_depth``,
+  loaded at its default 8; frontend 1.58.1 also draws 0.33's hidden SaveVideo ``codec``, at its
+  first option). Both are tolerated after the file's values, on stock nodes: a widget that is
+  not an input of the schema, or a schema input at the value the frontend gives a new widget. Every
   value in the file must come back unchanged, and our nodes must come back exactly as saved.
 """
 
@@ -71,7 +72,20 @@ def widget_changes(node: dict, loaded_values: list, loaded_names: list, info: di
         return f"widgets {extra_names!r} = {extra!r} added, names and values do not pair up"
     for name, value in zip(extra_names, extra):
         spec = inputs.get(name)
-        opts = spec[1] if spec and len(spec) > 1 and isinstance(spec[1], dict) else {}
-        if spec is not None and not ("default" in opts and opts["default"] == value):
+        if spec is not None and frontend_default(spec) != value:
             return f"widget {name!r} = {value!r} added that the schema knows as an input (not at its default)"
     return None
+
+
+def frontend_default(spec: list):
+    """The value the frontend gives a new widget: the spec's default, else a combo's first
+    option (V1 list, ``COMBO``, or a dynamic combo's first key, as 1.58.1 shows 0.33's hidden
+    SaveVideo ``codec``); ``...`` when there is none."""
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    options = kind if isinstance(kind, list) else opts.get("options") or []
+    if options:
+        return options[0]["key"] if isinstance(options[0], dict) else options[0]
+    return ...
