@@ -70,14 +70,16 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited during start-up:\n{self.log_tail()}")
+                raise RuntimeError(f"ComfyUI from {self.comfyui_dir} ({self.python}) exited during "
+                                   f"start-up (code {self.proc.returncode}):\n{self.log_tail()}")
             try:
                 self.get("/object_info/KSampler")
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(1.0)
         self.stop()
-        raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(f"ComfyUI from {self.comfyui_dir} did not answer at {self.url} within "
+                           f"{timeout}s:\n{self.log_tail()}")
 
     def stop(self, grace: float = 30.0) -> None:
         """Terminate the server (by its PID), killing it after ``grace`` seconds."""
@@ -103,8 +105,14 @@ class ComfyServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=60) as response:
-            return json.load(response)
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=60) as response:
+                return json.load(response)
+        except urllib.error.HTTPError:
+            raise
+        except urllib.error.URLError as err:
+            raise ConnectionError(f"ComfyUI server {self.url} (from {self.comfyui_dir}) cannot be "
+                                  f"reached: {err.reason}") from err
 
     def post(self, path: str, body: dict):
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),

@@ -8,6 +8,12 @@ A workflow passes when the frontend would load it without missing-node or widget
 ``widgets_values`` has exactly the frontend's widget count with valid values, every link joins
 an existing output to an existing input of a matching type, every required socket is
 connected, and every loader node names its files in ``properties.models``.
+
+Strict about our nodes (``LongCat*``), tolerant of what a newer ComfyUI adds to stock nodes:
+trailing widgets with a default that the file does not hold yet (0.33's ``CreateVideo``
+``bit_depth``; the frontend and ``to_api_prompt`` fill in the default), trailing outputs
+(0.33's ``GetVideoComponents``), and dynamic combos (0.33's ``SaveVideo`` ``format``, whose
+selected option adds widgets named ``format.codec``, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+OUR_PREFIX = "LongCat"
+# A V3 combo whose selected option adds its own inputs (ComfyUI 0.33's SaveVideo ``format``).
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 # Types the frontend registers itself; they never reach /object_info or /prompt.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
@@ -51,21 +60,77 @@ def _spec_type_and_options(spec: list) -> tuple[object, dict]:
 
 
 def combo_options(spec: list) -> list | None:
-    """The choices of a combo input spec (V1 ``[[...]]`` or V3 ``["COMBO", {options}]``), else None."""
+    """The choices of a combo input spec (V1 ``[[...]]``, V3 ``["COMBO", {options}]``, or the
+    option keys of a dynamic combo), else None."""
     kind, opts = _spec_type_and_options(spec)
     if isinstance(kind, list):
         return kind
     if kind == "COMBO":
         return list(opts.get("options", []))
+    if kind == DYNAMIC_COMBO:
+        return [option["key"] for option in opts.get("options", [])]
     return None
 
 
 def is_widget(spec: list) -> bool:
-    """Whether the frontend draws this input as a widget (a value in widgets_values)."""
+    """Whether the frontend draws this input as a widget (a value in widgets_values); hidden V3
+    inputs (0.33's SaveVideo ``codec``, kept for old API prompts) get none."""
     kind, opts = _spec_type_and_options(spec)
+    if opts.get("hidden"):
+        return False
     if combo_options(spec) is not None:
         return True
     return kind in SCALAR_WIDGETS and not opts.get("forceInput", False)
+
+
+def _selected_inputs(spec: list, value) -> list[tuple[str, list, bool]]:
+    """``(name, spec, required)`` of the inputs a dynamic combo's selected option adds."""
+    _, opts = _spec_type_and_options(spec)
+    for option in opts.get("options", []):
+        if option["key"] == value:
+            inputs = option.get("inputs") or {}
+            return [(name, sub, section == "required") for section in ("required", "optional")
+                    for name, sub in (inputs.get(section) or {}).items()]
+    return []
+
+
+def widget_layout(node: dict, info: dict) -> list[tuple[str, list, int]]:
+    """``(name, spec, index into widgets_values)`` of each widget of ``node`` in the frontend's
+    order. A dynamic combo's selected option (the file's value) adds its widgets right after
+    it, named ``parent.child`` as in the API prompt."""
+    values = list(node.get("widgets_values") or [])
+    layout, index = [], 0
+
+    def walk(inputs, prefix):
+        nonlocal index
+        for name, spec, _ in inputs:
+            if not is_widget(spec):
+                continue
+            layout.append((prefix + name, spec, index))
+            value = values[index] if index < len(values) else None
+            index += widget_slots(name, spec)
+            if _spec_type_and_options(spec)[0] == DYNAMIC_COMBO:
+                walk(_selected_inputs(spec, value), f"{prefix}{name}.")
+
+    walk(ordered_inputs(info), "")
+    return layout
+
+
+_NO_DEFAULT = object()
+
+
+def input_default(spec: list):
+    """What comfy-cli's converter sends for an input the file holds no value for: the spec's
+    default, else a combo's first option (not a dynamic combo's); ``_NO_DEFAULT`` otherwise."""
+    kind, opts = _spec_type_and_options(spec)
+    if "default" in opts:
+        return opts["default"]
+    options = kind if isinstance(kind, list) else opts.get("options") if kind == "COMBO" else None
+    return options[0] if options else _NO_DEFAULT
+
+
+def _has_default(spec: list) -> bool:
+    return input_default(spec) is not _NO_DEFAULT
 
 
 def widget_slots(name: str, spec: list) -> int:
@@ -94,14 +159,10 @@ def ordered_inputs(info: dict) -> list[tuple[str, list, bool]]:
 
 
 def widget_values_by_name(node: dict, info: dict) -> dict:
-    """Map widget name -> value for one node (control_after_generate/upload entries dropped)."""
+    """Map widget name -> value for the widgets the file holds a value for
+    (control_after_generate/upload entries dropped, dynamic-combo widgets as ``parent.child``)."""
     values = list(node.get("widgets_values") or [])
-    out, i = {}, 0
-    for name, spec, _ in ordered_inputs(info):
-        if is_widget(spec):
-            out[name] = values[i] if i < len(values) else None
-            i += widget_slots(name, spec)
-    return out
+    return {name: values[i] for name, _, i in widget_layout(node, info) if i < len(values)}
 
 
 def _check_value(where: str, name: str, spec: list, value, file_inputs: set) -> list[str]:
@@ -128,25 +189,33 @@ def _check_value(where: str, name: str, spec: list, value, file_inputs: set) -> 
 
 
 def check_widgets(node: dict, info: dict, file_inputs: set) -> list[str]:
-    """Widget count (with the frontend's extra control/upload entries) and each value's validity."""
+    """Widget count (with the frontend's extra control/upload entries) and each value's validity.
+
+    A stock node may have more trailing widgets than the file holds values for when each of
+    them has a default (a newer ComfyUI added them); our nodes must match exactly."""
     where = f"node {node['id']} ({node['type']})"
     values = node.get("widgets_values")
     if values is None:
         values = []
     if not isinstance(values, list):
         return [f"{where}: widgets_values must be a list, got {type(values).__name__}"]
-    widgets = [(n, s) for n, s, _ in ordered_inputs(info) if is_widget(s)]
-    expected = sum(widget_slots(n, s) for n, s in widgets)
-    if len(values) != expected:
-        names = [n for n, _ in widgets]
+    widgets = widget_layout(node, info)
+    expected = sum(widget_slots(n.rsplit(".", 1)[-1], s) for n, s, _ in widgets)
+    unheld = [(n, s) for n, s, i in widgets if i >= len(values)]
+    tolerated = (not node["type"].startswith(OUR_PREFIX) and unheld
+                 and len(values) == widgets[len(widgets) - len(unheld)][2]
+                 and all(_has_default(s) for _, s in unheld))
+    if len(values) != expected and not tolerated:
+        names = [n for n, _, _ in widgets]
         return [f"{where}: {len(values)} widgets_values, expected {expected} for widgets {names}"]
-    problems, i = [], 0
-    for name, spec in widgets:
+    problems = []
+    for name, spec, i in widgets:
+        if i >= len(values):
+            continue
         problems += _check_value(where, name, spec, values[i], file_inputs)
         has_control = widget_slots(name, spec) > 1 and combo_options(spec) is None
         if has_control and values[i + 1] not in CONTROL_VALUES:
             problems.append(f"{where}: control value after {name!r} is {values[i + 1]!r}")
-        i += widget_slots(name, spec)
     return problems
 
 
@@ -184,7 +253,9 @@ def check_node_sockets(node: dict, info: dict) -> list[str]:
             problems.append(f"{where}: required input {name!r} is not connected")
     outputs = node.get("outputs") or []
     schema_out = info.get("output", [])
-    if len(outputs) != len(schema_out):
+    # A newer ComfyUI may append outputs to a stock node (0.33's GetVideoComponents).
+    added_ok = not node["type"].startswith(OUR_PREFIX) and len(outputs) < len(schema_out)
+    if len(outputs) != len(schema_out) and not added_ok:
         problems.append(f"{where}: {len(outputs)} outputs, schema has {len(schema_out)}")
     for slot, (entry, kind) in enumerate(zip(outputs, schema_out)):
         kind = "COMBO" if isinstance(kind, list) else kind
@@ -299,7 +370,9 @@ def check_workflow(workflow: dict, object_info: dict) -> list[str]:
 def to_api_prompt(workflow: dict, object_info: dict) -> dict:
     """API-format prompt (what the frontend's "Export (API)" posts) of a UI workflow without
     subgraphs, reroutes or muted nodes, such as the bundled ones: frontend-only nodes dropped,
-    widget values by name, links as ``[source id, output slot]``.
+    widget values by name (a dynamic combo's as ``parent.child``), links as
+    ``[source id, output slot]``, and, as comfy-cli's converter does, the schema default of
+    every input the file holds no value for (inputs a newer ComfyUI added).
 
     Raises ValueError for a node this conversion does not cover (bypassed/muted, unknown type).
     """
@@ -316,6 +389,9 @@ def to_api_prompt(workflow: dict, object_info: dict) -> dict:
         for entry in node.get("inputs") or []:
             if entry.get("link") is not None:
                 inputs[entry["name"]] = sources[entry["link"]]
+        for name, spec, _ in ordered_inputs(object_info[kind]):
+            if name not in inputs and _has_default(spec):
+                inputs[name] = input_default(spec)
         title = node.get("title") or object_info[kind].get("display_name", kind)
         prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
     return prompt

@@ -126,11 +126,27 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
             extra[name] = value
         runner = transformer_options.get(MULTI_GPU_OPTIONS_KEY)
         dit = self.diffusion_model if runner is None else functools.partial(runner.forward, self)
+        if not raw:
+            dit = _with_diffusion_model_wrappers(dit, self.diffusion_model, transformer_options)
         out = dit(x.to(dtype), timestep, context, transformer_options=transformer_options, **extra)
         if raw:
             return out
         # out is the official v; ComfyUI's CONST sampling wants -v (see module docstring).
         return self.model_sampling.calculate_denoised(t, -out.float(), x)
+
+
+def _with_diffusion_model_wrappers(forward, diffusion_model, transformer_options):
+    """``forward`` run through the MODEL's ``DIFFUSION_MODEL`` wrappers (EasyCache and other
+    patches), as core DiTs run them in their own forward (comfy/ldm/wan/model.py); ours does it
+    here because ``longcat/`` imports nothing from ComfyUI. Only on the stock-sampler path: the
+    wrappers read the per-step state of ComfyUI's samplers (sigmas, uuids, their OUTER_SAMPLE
+    set-up), which the LongCat nodes' own sampling (``RAW_OUTPUT_KEY``) does not provide."""
+    wrappers = comfy.patcher_extension.get_all_wrappers(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
+    if not wrappers:
+        return forward
+    return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+        forward, diffusion_model, wrappers).execute
 
 
 def install_lora_key_map() -> None:

@@ -25,6 +25,14 @@ from .model_adapter import LongCatVideoModel
 log = logging.getLogger(__name__)
 
 
+# Wrappers of ComfyUI's sampling loop (EasyCache, LazyCache, ...). The LongCat nodes' own
+# sampling runs only APPLY_MODEL wrappers (TorchCompileModel), through ``apply_model``.
+_SAMPLER_ONLY_WRAPPERS = tuple(
+    getattr(comfy.patcher_extension.WrappersMP, name) for name in
+    ("OUTER_SAMPLE", "PREPARE_SAMPLING", "SAMPLER_SAMPLE", "PREDICT_NOISE", "CALC_COND_BATCH",
+     "DIFFUSION_MODEL"))
+
+
 def check_longcat(model) -> None:
     """Raise TypeError unless ``model`` is a MODEL built by Load LongCat-Video Model."""
     if not isinstance(getattr(model, "model", None), LongCatVideoModel):
@@ -83,6 +91,13 @@ def loaded_model(patcher, latent_shape, batch_multiplier: int = 1):
     opts = options.setdefault("transformer_options", {})
     comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), patcher.wrappers,
                                                copy_dict1=False)
+    ignored = [f"{kind} wrappers" for kind in _SAMPLER_ONLY_WRAPPERS
+               if comfy.patcher_extension.get_all_wrappers(kind, opts)]
+    ignored += ["context windows"] if "context_handler" in options else []
+    if ignored:
+        log.warning("LongCat: the MODEL carries patches that run only under ComfyUI's samplers "
+                    "(KSampler, SamplerCustom), e.g. EasyCache, LazyCache, context windows: %s; "
+                    "the LongCat sampling nodes ignore them", ", ".join(ignored))
     bsa_log = BSARunLog()
     opts[BSA_LOG_KEY] = bsa_log
     try:

@@ -10,10 +10,12 @@ mutated copies of the snapshot (``test_comfy_drift.py``).
   Any other difference, at any depth, is a change: a value, a tooltip, an input or output added
   or removed, the input order, or a new field with a real value.
 * Widgets: a newer frontend may add frontend-only widgets to stock nodes (1.35.9 gives
-  ``PreviewAny`` ``preview``, ``preview``, ``previewMode``, saved as ``[null, null, false]``).
-  Those are tolerated after the file's values, on stock nodes, when their names are not inputs of
-  the node's schema. Every value in the file must come back unchanged, and our nodes must come
-  back exactly as saved.
+  ``PreviewAny`` ``preview``, ``preview``, ``previewMode``, saved as ``[null, null, false]``),
+  and a newer ComfyUI may add inputs to stock nodes (0.33's ``CreateVideo`` ``bit_depth``,
+  loaded at its default 8; frontend 1.58.1 also draws 0.33's hidden SaveVideo ``codec``, at its
+  first option). Both are tolerated after the file's values, on stock nodes: a widget that is
+  not an input of the schema, or a schema input at the value the frontend gives a new widget. Every
+  value in the file must come back unchanged, and our nodes must come back exactly as saved.
 """
 
 OUR_PREFIX = "LongCat"
@@ -61,11 +63,29 @@ def widget_changes(node: dict, loaded_values: list, loaded_names: list, info: di
     if not extra:
         return None
     extra_names = loaded_names[len(saved):len(loaded_values)]
-    inputs = set()
+    inputs = {}
     for section in ("required", "optional"):
-        inputs |= set(((info or {}).get("input") or {}).get(section) or {})
+        inputs.update(((info or {}).get("input") or {}).get(section) or {})
     if node["type"].startswith(OUR_PREFIX):
         return f"our node gained widgets {extra_names!r} = {extra!r}"
-    if len(extra_names) != len(extra) or inputs & set(extra_names):
-        return f"widgets {extra_names!r} = {extra!r} added that the schema knows as inputs"
+    if len(extra_names) != len(extra):
+        return f"widgets {extra_names!r} = {extra!r} added, names and values do not pair up"
+    for name, value in zip(extra_names, extra):
+        spec = inputs.get(name)
+        if spec is not None and frontend_default(spec) != value:
+            return f"widget {name!r} = {value!r} added that the schema knows as an input (not at its default)"
     return None
+
+
+def frontend_default(spec: list):
+    """The value the frontend gives a new widget: the spec's default, else a combo's first
+    option (V1 list, ``COMBO``, or a dynamic combo's first key, as 1.58.1 shows 0.33's hidden
+    SaveVideo ``codec``); ``...`` when there is none."""
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    options = kind if isinstance(kind, list) else opts.get("options") or []
+    if options:
+        return options[0]["key"] if isinstance(options[0], dict) else options[0]
+    return ...

@@ -42,11 +42,19 @@ def _context(tokens=6, seed=0):
     return context
 
 
-def _ksampler_euler(samplers, model, noise):
-    """Stock sampling as KSampler runs it: Euler over sigmas 1 → 0.5 → 0, cfg 1, empty latent."""
+def _ksampler_euler(samplers, model, noise, steps=2):
+    """Stock sampling as KSampler runs it: Euler over ``steps`` even sigmas 1 → 0 (default
+    1 → 0.5 → 0), cfg 1 (one DiT call per step), empty latent."""
     cond = [[_context(), {}]]
     return samplers.sample(model, noise, cond, cond, 1.0, "cpu", samplers.ksampler("euler"),
-                           torch.tensor([1.0, 0.5, 0.0]), latent_image=torch.zeros_like(noise))
+                           torch.linspace(1.0, 0.0, steps + 1), latent_image=torch.zeros_like(noise))
+
+
+def _count_dit_calls(patcher) -> list:
+    """A list that grows by one at every forward of the MODEL's DiT (shared by its clones)."""
+    calls = []
+    patcher.model.diffusion_model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
 
 
 def test_ksampler_step_is_the_official_euler_step(comfy_env, comfy_models):
@@ -123,6 +131,97 @@ def test_torch_compile_model_wrapper_runs_our_model(comfy_env, comfy_models):
     samplers = comfy_env["samplers"]
     torch.testing.assert_close(_ksampler_euler(samplers, compiled, noise),
                                _ksampler_euler(samplers, patcher, noise), rtol=1e-5, atol=1e-5)
+
+
+def test_easycache_skips_dit_calls_and_changes_nothing_when_it_never_skips(comfy_env, comfy_models):
+    """Core's EasyCache node runs through our DiT's DIFFUSION_MODEL wrappers, as on core DiTs:
+    at its highest threshold it skips DiT calls of a 10-step KSampler run; when it never skips
+    (threshold 0) the result equals the run without it, bit for bit."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    calls = _count_dit_calls(patcher)
+    noise = torch.randn(1, 16, 3, 4, 8, generator=torch.Generator().manual_seed(6))
+    samplers = comfy_env["samplers"]
+
+    def run(reuse_threshold=None):
+        model = patcher.clone()
+        if reuse_threshold is not None:
+            model = EasyCacheNode.execute(model, reuse_threshold, 0.0, 1.0, False).result[0]
+        calls.clear()
+        return _ksampler_euler(samplers, model, noise, steps=10), len(calls)
+
+    plain, plain_calls = run()
+    never, never_calls = run(reuse_threshold=0.0)
+    cached, cached_calls = run(reuse_threshold=3.0)
+    assert plain_calls == never_calls == 10
+    torch.testing.assert_close(never, plain, rtol=0, atol=0)
+    assert 1 <= cached_calls < 10, cached_calls
+    assert torch.isfinite(cached).all() and not torch.equal(cached, plain)
+
+
+def test_attention_override_reaches_our_dense_attention(comfy_env, comfy_models):
+    """``optimized_attention_override`` (ModelAttentionBackend and similar patches) is called
+    for every dense self- and cross-attention call of every block, with ComfyUI's attention
+    function as the default, and an override that calls it changes nothing."""
+    import comfy.ldm.modules.attention as comfy_attention
+
+    patcher = comfy_env["model_adapter"].load_longcat_model(comfy_models["dit"], torch.float32)
+    seen = []
+
+    def override(default, *args, **kwargs):
+        seen.append(default.__name__)
+        return default(*args, **kwargs)
+
+    model = patcher.clone()
+    model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+    noise = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(7))
+    samplers = comfy_env["samplers"]
+    got = _ksampler_euler(samplers, model, noise)
+    depth = len(patcher.model.diffusion_model.blocks)
+    assert seen == [comfy_attention.optimized_attention.__name__] * (2 * depth * 2)  # steps x blocks x (self, cross)
+    torch.testing.assert_close(got, _ksampler_euler(samplers, patcher, noise), rtol=0, atol=0)
+
+
+ATTENTION_FLAG_RUN = """
+import sys, torch
+comfy_dir, pack_root, dit_path, flag = sys.argv[1:5]
+sys.path[:0] = [comfy_dir, pack_root]
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+setattr(comfy.cli_args.args, flag, True)
+import comfy.samplers
+from _standalone import import_pack
+import_pack()
+from longcat_pack.nodes.model_adapter import load_longcat_model
+patcher = load_longcat_model(dit_path, torch.float32)
+seen = set()
+def override(default, *args, **kwargs):
+    seen.add(default.__name__)
+    return default(*args, **kwargs)
+patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+noise = torch.randn(1, 16, 2, 4, 8)
+cond = [[torch.randn(1, 512, 4096), {}]]
+comfy.samplers.sample(patcher, noise, cond, cond, 1.0, "cpu", comfy.samplers.ksampler("euler"),
+                      torch.tensor([1.0, 0.0]), latent_image=torch.zeros_like(noise))
+print(sorted(seen))
+"""
+
+
+@pytest.mark.parametrize("flag, function", [("use_split_cross_attention", "attention_split"),
+                                            ("use_pytorch_cross_attention", "attention_pytorch")])
+def test_attention_flags_choose_our_dense_attention(comfy_models, flag, function):
+    """ComfyUI's attention flags (``--use-split-cross-attention``, ...) pick the function our
+    dense attention runs, as for core models (a fresh process: the flags act at import)."""
+    import subprocess
+
+    from comfy_server import PACK_ROOT, comfy_python
+
+    run = subprocess.run([comfy_python(), "-c", ATTENTION_FLAG_RUN, comfy_models["comfyui_dir"],
+                          str(PACK_ROOT), comfy_models["dit"], flag],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == repr([function]), run.stdout[-2000:]
 
 
 @pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp8_e5m2"])

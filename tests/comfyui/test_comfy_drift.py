@@ -64,6 +64,23 @@ def test_frontend_only_widgets_on_stock_nodes_are_tolerated():
     assert widget_changes(PREVIEW_ANY, [], [], SNAPSHOT["PreviewAny"]) is None
 
 
+def test_stock_inputs_a_newer_comfyui_adds_at_their_default_are_tolerated():
+    """ComfyUI 0.33 adds CreateVideo ``bit_depth`` (default 8): the frontend loads it at 8."""
+    info = json.loads(json.dumps(SNAPSHOT["CreateVideo"]))
+    info["input"].setdefault("optional", {})["bit_depth"] = ["INT", {"default": 8, "min": 8, "max": 10}]
+    create = {"id": 4, "type": "CreateVideo", "widgets_values": [15.0]}
+    assert widget_changes(create, [15.0, 8], ["fps", "bit_depth"], info) is None
+    assert widget_changes(create, [15.0, 10], ["fps", "bit_depth"], info)
+    # frontend 1.58.1 draws 0.33's hidden SaveVideo codec (a dynamic combo) at its first option
+    save = json.loads(json.dumps(SNAPSHOT["SaveVideo"]))
+    save["input"]["optional"] = {"codec": ["COMFY_DYNAMICCOMBO_V3", {"hidden": True, "options": [
+        {"key": "auto", "inputs": {"required": {}}}, {"key": "h264", "inputs": {"required": {}}}]}]}
+    node = {"id": 9, "type": "SaveVideo", "widgets_values": ["LongCat/x", "auto", "auto"]}
+    names = ["filename_prefix", "format", "format.codec", "codec"]
+    assert widget_changes(node, ["LongCat/x", "auto", "auto", "auto"], names, save) is None
+    assert widget_changes(node, ["LongCat/x", "auto", "auto", "h264"], names, save)
+
+
 def test_widget_changes_are_caught():
     sampler = {"id": 5, "type": "LongCatSampler", "widgets_values": [42, "fixed", 4.0, True, False]}
     names = ["seed", "control_after_generate", "guidance_scale", "use_kv_cache", "offload_kv_cache"]

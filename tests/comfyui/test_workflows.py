@@ -17,6 +17,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import availability
 import pytest
 from comfy_server import PACK_FOLDER, comfy_python
 from tiny_models import TINY
@@ -64,9 +65,8 @@ wc = _workflow_checks()
 
 @pytest.fixture(scope="module")
 def convert():
-    converter = pytest.importorskip(
-        "comfy_cli.workflow_to_api",
-        reason="comfy-cli is not installed: `pip install comfy-cli` in the Python running pytest")
+    converter = availability.import_or_unavailable(
+        "comfy_cli.workflow_to_api", "`pip install comfy-cli` in the Python running pytest")
     return converter.convert_ui_to_api
 
 

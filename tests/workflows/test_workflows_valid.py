@@ -90,6 +90,65 @@ def test_validator_catches_errors(object_info):
                for p in wc.check_workflow(unlinked, object_info))
 
 
+def _as_in_comfyui_033(object_info: dict) -> dict:
+    """The snapshot with the stock-node changes of ComfyUI 0.33.0 (its /object_info entries,
+    trimmed): CreateVideo's ``bit_depth`` widget, GetVideoComponents' two new outputs, SaveVideo's
+    ``format`` as a dynamic combo whose option adds ``codec`` (and a hidden top-level ``codec``)."""
+    info = json.loads(json.dumps(object_info))
+    create = info["CreateVideo"]
+    create["input"].setdefault("optional", {})["bit_depth"] = [
+        "INT", {"default": 8, "min": 8, "max": 10, "step": 2, "display": "number"}]
+    create["input_order"].setdefault("optional", []).append("bit_depth")
+    components = info["GetVideoComponents"]
+    components["output"] += ["INT", "COMBO"]
+    components["output_name"] += ["bit_depth", "color_space"]
+    codec = ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {"required": {}}},
+                                                    {"key": "h264", "inputs": {"required": {}}}]}]
+    save = info["SaveVideo"]
+    save["input"]["required"]["format"] = ["COMFY_DYNAMICCOMBO_V3", {"options": [
+        {"key": key, "inputs": {"required": {"codec": codec}}} for key in ("auto", "mp4", "webm")]}]
+    save["input"]["optional"] = {"codec": [codec[0], {**codec[1], "hidden": True}]}
+    del save["input"]["required"]["codec"]
+    save["input_order"] = {"required": ["video", "filename_prefix", "format"], "optional": ["codec"]}
+    return info
+
+
+def test_checks_tolerate_what_a_newer_comfyui_adds_to_stock_nodes(object_info):
+    """New stock widgets with defaults, new stock outputs and dynamic combos pass, and the API
+    prompt carries the defaults and the dynamic combo's ``format.codec`` (as comfy-cli's)."""
+    newer = _as_in_comfyui_033(object_info)
+    for name in sorted(wx.EXPECTED):
+        workflow = wc.load_json(ROOT / "workflows" / name)
+        assert not wc.check_workflow(workflow, newer), name
+    workflow = wc.load_json(ROOT / "workflows" / "longcat_video_continuation.json")
+    prompt = wc.to_api_prompt(workflow, newer)
+    inputs = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert inputs["CreateVideo"]["bit_depth"] == 8
+    assert {k: v for k, v in inputs["SaveVideo"].items() if k != "video"} == {
+        "filename_prefix": "LongCat/continuation", "format": "auto", "format.codec": "auto"}
+
+
+def test_checks_stay_strict_about_our_nodes_and_bad_values(object_info):
+    """Our nodes gaining a widget (even with a default) or an output fail; so does a dynamic
+    combo value that is not one of its options."""
+    workflow = wc.load_json(ROOT / "workflows" / "longcat_t2v_refine_720p_bsa.json")
+    widened = _as_in_comfyui_033(object_info)
+    sampler = widened["LongCatSampler"]
+    sampler["input"].setdefault("optional", {})["extra"] = ["INT", {"default": 1}]
+    sampler["input_order"].setdefault("optional", []).append("extra")
+    assert any("LongCatSampler" in p and "widgets_values" in p
+               for p in wc.check_workflow(workflow, widened))
+    grown = _as_in_comfyui_033(object_info)
+    grown["LongCatRefine720p"]["output"] = grown["LongCatRefine720p"]["output"] + ["INT"]
+    assert any("LongCatRefine720p" in p and "outputs" in p for p in wc.check_workflow(workflow, grown))
+    bad = json.loads(json.dumps(workflow))
+    save = next(n for n in bad["nodes"] if n["type"] == "SaveVideo")
+    save["widgets_values"][1:] = ["mov", "auto"]
+    assert any("SaveVideo" in p for p in wc.check_workflow(bad, _as_in_comfyui_033(object_info)))
+    save["widgets_values"][1:] = ["webm", "vp9"]
+    assert any("'vp9' not in" in p for p in wc.check_workflow(bad, _as_in_comfyui_033(object_info)))
+
+
 def test_expectations_catch_wrong_defaults(object_info):
     """The default checks are not vacuous: a changed step count or BSA setting is reported."""
     workflow = wc.load_json(ROOT / "workflows" / "longcat_t2v_refine_720p_bsa.json")
