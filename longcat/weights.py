@@ -250,8 +250,8 @@ def official_layout(infos: dict, confs: dict | None = None) -> tuple[dict, dict]
     infos = {_scale_spelling(k[len(prefix):]): v for k, v in infos.items()}
     layers = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in layers.items()}
     if kijai.is_kijai_layout(infos):
+        layers = _kijai_layers(layers)  # first: it names a format mismatch better than a dtype one
         infos = kijai.to_official(infos)
-        layers = _kijai_layers(layers)
     return _per_row_scales(infos), layers
 
 
@@ -451,16 +451,24 @@ def inspect_quantized(path) -> tuple[dict, dict, dict]:
 @dataclass(frozen=True)
 class PlannedTensor:
     """One tensor of a loaded state dict: where it is stored, its dtype once loaded, and for a
-    scaled fp8 weight loaded in another dtype the per-row scale to dequantize it with."""
+    scaled fp8 weight loaded in another dtype the per-row scale to dequantize it with.
+
+    For a file being written (``convert``): quantize ``"tensor"`` / ``"row"`` quantizes the tensor
+    to ``dtype`` with one scale per tensor / row (``quant.quantize``), and the entry right after
+    it, ``scale_of`` that key, is that scale; out_shape replaces the source's shape (a reshape).
+    """
 
     key: str
-    source: object  # TensorInfo or kijai.JoinedTensor
+    source: object  # TensorInfo or kijai.JoinedTensor (None for a scale_of entry)
     dtype: torch.dtype
     scale: object = None
+    quantize: str | None = None
+    scale_of: str | None = None
+    out_shape: tuple | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.source.shape)
+        return tuple(self.out_shape if self.out_shape is not None else self.source.shape)
 
 
 def plan_tensors(infos: dict, dtype: torch.dtype | None = None) -> list[PlannedTensor]:
@@ -472,7 +480,7 @@ def plan_tensors(infos: dict, dtype: torch.dtype | None = None) -> list[PlannedT
     """
     _check_dtype(dtype)
     if dtype is not None and (packed := [k for k, v in infos.items() if isinstance(v, PackedWeight)]):
-        raise ValueError(f"{packed[0]}: nvfp4 weights cannot be loaded as {dtype}; keep the file's dtypes "
+        raise ValueError(f"{packed[0].rpartition('.')[0]}: nvfp4 weights cannot be loaded as {dtype}; keep the file's dtypes "
                          "(weight_dtype default), ComfyUI's mixed-precision ops dequantize them per layer")
     scaled = {weight_key(k) for k in infos if is_scale_key(k)}
     keep_scaled = dtype is None or dtype in FP8_DTYPES
@@ -504,11 +512,21 @@ def iter_planned(plan: list[PlannedTensor], device="cpu"):
         def read(source):
             return source.read(get) if isinstance(source, kijai.JoinedTensor) else get(source)
 
+        made_scale = None  # the scale of the weight quantized just before
         for entry in plan:
+            if entry.scale_of is not None:
+                yield entry.key, made_scale.reshape(entry.shape)
+                made_scale = None
+                continue
             tensor = read(entry.source)
             if entry.scale is not None:
                 tensor = dequantize(tensor, read(entry.scale))
-            tensor = cast_tensor(tensor, entry.dtype)
+            if entry.quantize is not None:
+                tensor, made_scale = quant.quantize(tensor, entry.dtype, per_row=entry.quantize == "row")
+            else:
+                tensor = cast_tensor(tensor, entry.dtype)
+            if entry.out_shape is not None:
+                tensor = tensor.reshape(entry.out_shape)
             yield entry.key, tensor
             del tensor  # released before the next read
 
