@@ -21,8 +21,6 @@ compute dtype, as 0.8's ``LowVramPatch`` does (0.3.x's would round-trip it throu
 """
 
 import comfy.float
-import comfy.lora
-import comfy.model_patcher
 import comfy.ops
 import torch
 
@@ -31,6 +29,11 @@ from ..longcat.scaled_fp8 import dequantize, fp8_matmul
 
 def _patched(functions, weight: torch.Tensor) -> torch.Tensor:
     """Apply a layer's weight functions to its dequantized weight."""
+    # Imported here: comfy.lora pulls in every ComfyUI model (and scipy, ...), which the
+    # quantization bench, running on comfy.ops alone, cannot import.
+    import comfy.lora
+    import comfy.model_patcher
+
     for function in functions:
         if isinstance(function, comfy.model_patcher.LowVramPatch):
             weight = comfy.lora.calculate_weight(function.patches[function.key], weight, function.key,
