@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "longcat"))
 from comfy_quant_layout import conf_bytes, to_comfy_quant
-from kijai_layout import is_fp8_linear, to_kijai_scaled_fp8
+from kijai_layout import is_fp8_linear, kijai_lora, merge_by_hand, to_kijai_scaled_fp8
 from tiny_models import DIT_CONFIG
 
 pytestmark = pytest.mark.comfyui
@@ -92,6 +92,41 @@ def files(comfy_env, tmp_path_factory):
         write(f"{name}_reference", reference)
     comfy_env["folder_paths"].add_model_folder_path("diffusion_models", str(root))
     return root
+
+
+STRENGTH = 4.0
+
+
+@pytest.mark.parametrize("name", ["fp8", "int8_rowwise"])
+def test_kijai_lora_on_mixed_precision_weights(comfy_env, files, name):
+    """ComfyUI's LoRA loader on quantized layers (a q / k / v part of the fused qkv included):
+    ComfyUI dequantizes, adds and re-quantizes them, so the model follows the merged one."""
+    import comfy.sd
+
+    reference = _read(files / f"{name}_reference.safetensors")
+    shapes = {k: tuple(v.shape) for k, v in reference.items() if v.ndim == 2}
+    lora, raw = kijai_lora(shapes, ["blocks.0.self_attn.k", "blocks.1.ffn.w2", "blocks.1.cross_attn.o"], rank=2, seed=5)
+    merged = files / f"{name}_merged_reference.safetensors"
+    save_file({k: v.contiguous() for k, v in merge_by_hand(reference, raw, STRENGTH).items()}, str(merged))
+    want = _ksampler(comfy_env, comfy_env["model_adapter"].load_longcat_model(merged, torch.float32))
+    without = _rel(_ksampler(comfy_env, _load(comfy_env, name)), want)
+    patched, _ = comfy.sd.load_lora_for_models(_load(comfy_env, name), None, lora, STRENGTH, 0)
+    with torch.no_grad():
+        patched.load(torch.device("cpu"), full_load=True)
+    try:
+        assert isinstance(patched.model.diffusion_model.blocks[0].attn.qkv.weight,
+                          comfy_env["quant_ops"].QuantizedTensor)
+        got = _ksampler(comfy_env, patched)
+    finally:
+        patched.unpatch_model()
+    # The patched weights are re-quantized (stochastic rounding); without the LoRA: far off.
+    assert _rel(got, want) < without / 10, (_rel(got, want), without)
+
+
+def _read(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def _load(comfy_env, name, quantized_matmul=False):
