@@ -79,8 +79,8 @@ class LongCatModelLoader(io.ComfyNode):
                                        "for this device (bf16 on modern GPUs); a quantized file "
                                        "(Kijai's scaled fp8, ComfyUI's fp8 / int8 / nvfp4) stays "
                                        "quantized. fp8 halves the memory (~14 GB) and computes in "
-                                       "bf16/fp16. bf16 / fp16 / fp32 dequantize a quantized file "
-                                       "on load (full memory)."),
+                                       "bf16/fp16. bf16 / fp16 dequantize a quantized file on "
+                                       "load (full memory)."),
                 io.Boolean.Input("quantized_matmul", default=False, optional=True,
                                  tooltip="For quantized weights only. Off (default): each layer is "
                                          "dequantized while it runs and multiplied in bf16: exact. "
