@@ -148,3 +148,24 @@ def test_kijai_parts_in_different_formats_are_refused(official, tmp_path):
     state["blocks.0.self_attn.k.weight"] = state["blocks.0.self_attn.k.weight"].float().to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match=r"^blocks\.0\.attn\.qkv: Kijai-layout parts .*cannot be joined"):
         weights.inspect_checkpoint(_save(state, tmp_path / "mixed.safetensors"))
+
+
+def test_fp8_matmul_is_the_row_scaled_fp8_product():
+    """Kijai's scaled fp8 with quantized_matmul: activations quantized per token, the weight's row
+    scales kept, fp32 accumulation, bf16 out: the product of the two rounded operands."""
+    from longcat_pack.longcat.scaled_fp8 import fp8_matmul
+
+    gen = torch.Generator().manual_seed(6)
+    weight = torch.randn(48, 64, generator=gen)
+    stored, scale = quant.quantize(weight, torch.float8_e4m3fn, per_row=True)
+    x = (torch.randn(2, 5, 64, generator=gen) * torch.logspace(-3, 2, 5)[None, :, None]).bfloat16()
+    bias = torch.randn(48, generator=gen)
+    got = fp8_matmul(x, stored, scale.reshape(-1), bias)
+    rows = x.reshape(-1, 64)
+    x_scale = rows.abs().amax(1, keepdim=True).float() / 448
+    x_fp8 = (rows / x_scale.bfloat16()).clamp(-448, 448).to(torch.float8_e4m3fn)
+    want = (x_fp8.float() * x_scale) @ (stored.float() * scale).T + bias.bfloat16().float()
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 5, 48)
+    torch.testing.assert_close(got.float(), want.reshape(2, 5, 48), rtol=2 ** -7, atol=1e-6)
+    exact = torch.nn.functional.linear(x.float(), stored.float() * scale, bias)
+    assert 0 < ((got.float() - exact).norm() / exact.norm()).item() < 0.05  # rows of 1e-3 and 1e2 alike
