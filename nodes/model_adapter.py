@@ -19,6 +19,7 @@ satisfies ``x0 = x + sigma * v`` (docs/pipelines.md), so the stock-sampler path 
 """
 
 import functools
+import importlib
 import logging
 import math
 from collections import Counter
@@ -280,11 +281,9 @@ def _comfyui_version() -> str:
 
 def _check_mixed_precision_support(path, formats) -> None:
     """One line naming the ComfyUI version needed when this ComfyUI lacks the ops for ``formats``."""
-    try:
-        import comfy.quant_ops
-
-        algos = comfy.quant_ops.QUANT_ALGOS
-    except ImportError:
+    try:  # importlib: a failed ``import comfy.quant_ops`` would leave ``comfy`` unbound here
+        algos = importlib.import_module("comfy.quant_ops").QUANT_ALGOS
+    except ImportError:  # ComfyUI before 0.8.0
         algos = {}
     lacking = [f for f in formats if getattr(comfy.ops, "mixed_precision_ops", None) is None or f not in algos]
     if lacking:

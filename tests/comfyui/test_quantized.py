@@ -1,8 +1,8 @@
 """ComfyUI-format quantized LongCat files inside ComfyUI (in-process, CPU): the loader node builds
 the DiT on ComfyUI's mixed-precision ops, every format samples as its dequantized model, the
-emulated formats say so, an older ComfyUI gets one line naming the version, and Kijai's scaled
-fp8 can multiply in fp8 (needs ``COMFYUI_DIR`` with mixed-precision ops, e.g. 0.33, and its
-Python packages, comfy-kitchen included)."""
+emulated formats say so, an older ComfyUI gets one line naming the version (0.3.64 for real, or
+simulated on a newer one), and Kijai's scaled fp8 can multiply in fp8 (needs ``COMFYUI_DIR`` and
+ComfyUI's Python packages; the mixed-precision tests skip on a ComfyUI without those ops)."""
 
 import logging
 import math
@@ -36,16 +36,32 @@ def comfy_env(comfy_models):
     comfy.cli_args.args.cpu = True  # must precede comfy.model_management's device probe
     import comfy.model_management
     import comfy.ops
-    import comfy.quant_ops
     import comfy.samplers
     import folder_paths
     from longcat_pack.nodes import loading, model_adapter
 
-    if not hasattr(comfy.ops, "mixed_precision_ops"):
+    env = {"samplers": comfy.samplers, "mm": comfy.model_management, "ops": comfy.ops,
+           "folder_paths": folder_paths, "loading": loading, "model_adapter": model_adapter, "quant_ops": None}
+    if hasattr(comfy.ops, "mixed_precision_ops"):
+        import comfy.quant_ops
+
+        env["quant_ops"] = comfy.quant_ops
+    return env
+
+
+@pytest.fixture
+def mixed(comfy_env):
+    if comfy_env["quant_ops"] is None:
         pytest.skip("this ComfyUI has no mixed-precision ops (0.8.0 or newer has them)")
-    return {"samplers": comfy.samplers, "mm": comfy.model_management, "ops": comfy.ops,
-            "quant_ops": comfy.quant_ops, "folder_paths": folder_paths, "loading": loading,
-            "model_adapter": model_adapter}
+
+
+FILE_FORMATS = {"fp8": "float8_e4m3fn", "fp8_input_scale": "float8_e4m3fn", "int8_rowwise": "int8_tensorwise",
+                "int8_kijai": "int8_tensorwise", "nvfp4": "nvfp4"}
+
+
+def _skip_unless_ops_for(comfy_env, name):
+    if FILE_FORMATS[name] not in comfy_env["quant_ops"].QUANT_ALGOS:
+        pytest.skip(f"this ComfyUI's mixed-precision ops have no {FILE_FORMATS[name]} (int8: 0.33.0)")
 
 
 def _nvfp4(official, quant_ops):
@@ -82,8 +98,9 @@ def files(comfy_env, tmp_path_factory):
             prefix="model.diffusion_model." if kijai else "")
         write(name, state, metadata)
         references[name] = dequantized
-    state, references["nvfp4"] = _nvfp4(official, comfy_env["quant_ops"])
-    write("nvfp4", state)
+    if comfy_env["quant_ops"] is not None:  # ComfyUI's own nvfp4 quantizer
+        state, references["nvfp4"] = _nvfp4(official, comfy_env["quant_ops"])
+        write("nvfp4", state)
     kijai_fp8, dequantized = to_kijai_scaled_fp8(official)
     # The loader keeps the scaled weights and stores the rest in bf16: the reference does too.
     references["kijai_fp8"] = {k: v if is_fp8_linear(k) else v.bfloat16().float() for k, v in dequantized.items()}
@@ -98,9 +115,10 @@ STRENGTH = 4.0
 
 
 @pytest.mark.parametrize("name", ["fp8", "int8_rowwise"])
-def test_kijai_lora_on_mixed_precision_weights(comfy_env, files, name):
+def test_kijai_lora_on_mixed_precision_weights(comfy_env, mixed, files, name):
     """ComfyUI's LoRA loader on quantized layers (a q / k / v part of the fused qkv included):
     ComfyUI dequantizes, adds and re-quantizes them, so the model follows the merged one."""
+    _skip_unless_ops_for(comfy_env, name)
     import comfy.sd
 
     reference = _read(files / f"{name}_reference.safetensors")
@@ -153,13 +171,13 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("name", [*SCALED_FILES, "nvfp4"])
-def test_quantized_file_runs_on_mixed_precision_ops_as_its_dequantized_model(comfy_env, files, name):
+def test_quantized_file_runs_on_mixed_precision_ops_as_its_dequantized_model(comfy_env, mixed, files, name):
+    _skip_unless_ops_for(comfy_env, name)
     patcher = _load(comfy_env, name)
     dit = patcher.model.diffusion_model
     qkv, modulation = dit.blocks[0].attn.qkv, dit.blocks[0].adaLN_modulation[1]
     assert isinstance(qkv.weight, comfy_env["quant_ops"].QuantizedTensor)  # stays quantized in memory
-    assert qkv.quant_format == {"nvfp4": "nvfp4", "fp8": "float8_e4m3fn", "fp8_input_scale": "float8_e4m3fn"}.get(
-        name, "int8_tensorwise")
+    assert qkv.quant_format == FILE_FORMATS[name]
     assert not isinstance(modulation.weight, comfy_env["quant_ops"].QuantizedTensor)
     if name == "fp8_input_scale":
         assert float(qkv.input_scale) == pytest.approx(0.05)
@@ -168,14 +186,15 @@ def test_quantized_file_runs_on_mixed_precision_ops_as_its_dequantized_model(com
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_int8_matmul_follows_the_dequantized_model(comfy_env, files):
+def test_int8_matmul_follows_the_dequantized_model(comfy_env, mixed, files):
     """quantized_matmul: int8 has no GPU gate in ComfyUI, so it multiplies in int8 here too."""
+    _skip_unless_ops_for(comfy_env, "int8_rowwise")
     got = _ksampler(comfy_env, _load(comfy_env, "int8_rowwise", quantized_matmul=True))
     want = _ksampler(comfy_env, _reference(comfy_env, files, "int8_rowwise"))
     assert 0 < _rel(got, want) < 0.05
 
 
-def test_emulated_format_is_said_in_the_log(comfy_env, files, caplog):
+def test_emulated_format_is_said_in_the_log(comfy_env, mixed, files, caplog):
     with caplog.at_level(logging.WARNING):
         _load(comfy_env, "nvfp4", quantized_matmul=True)
     assert "no nvfp4 matrix multiplication" in caplog.text and "stay quantized in memory" in caplog.text
@@ -184,9 +203,12 @@ def test_emulated_format_is_said_in_the_log(comfy_env, files, caplog):
 @pytest.mark.parametrize("missing,name,version", [("ops", "fp8", "0.8.0"), ("ops", "int8_rowwise", "0.33.0"),
                                                   ("int8", "int8_rowwise", "0.33.0")])
 def test_older_comfyui_gets_one_line_naming_the_version(comfy_env, files, monkeypatch, missing, name, version):
-    if missing == "ops":  # 0.3.64: no mixed-precision ops at all
-        monkeypatch.delattr(comfy_env["ops"], "mixed_precision_ops")
-    else:  # 0.8.0: mixed-precision ops without int8
+    if missing == "ops":  # as 0.3.64, which has no mixed-precision ops at all (there: for real)
+        if comfy_env["quant_ops"] is not None:
+            monkeypatch.delattr(comfy_env["ops"], "mixed_precision_ops")
+    elif comfy_env["quant_ops"] is None:
+        pytest.skip("simulates 0.8.0 on a ComfyUI with mixed-precision ops")
+    elif "int8_tensorwise" in comfy_env["quant_ops"].QUANT_ALGOS:  # as 0.8.0 (there: for real)
         algos = {k: v for k, v in comfy_env["quant_ops"].QUANT_ALGOS.items() if k != "int8_tensorwise"}
         monkeypatch.setattr(comfy_env["quant_ops"], "QUANT_ALGOS", algos)
     with pytest.raises(ValueError) as err:
@@ -211,8 +233,8 @@ def test_kijai_scaled_fp8_multiplies_in_fp8_when_asked(comfy_env, files, monkeyp
 
 
 def test_converter_output_loads_through_the_node(comfy_env, files):
-    """fp8 per tensor (mixed-precision ops) and per row (our scaled ops), from Kijai's file."""
-    for name in ("fp8", "fp8_rowwise"):
+    """fp8 per tensor (mixed-precision ops) and per row (our scaled ops: any ComfyUI), from Kijai's file."""
+    for name in ("fp8", "fp8_rowwise") if comfy_env["quant_ops"] is not None else ("fp8_rowwise",):
         convert(files / "kijai_fp8.safetensors", files / f"converted_{name}.safetensors", quantize=name)
         patcher = _load(comfy_env, f"converted_{name}")
         got = _ksampler(comfy_env, patcher)
