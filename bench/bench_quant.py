@@ -45,8 +45,10 @@ from pathlib import Path
 import torch
 from _common import random_dit
 from longcat_pack.longcat import quant
-from longcat_pack.longcat.bsa_settings import BSA_OPTIONS_KEY, BSASettings
+from longcat_pack.longcat.bsa_settings import BSASettings
+from longcat_pack.longcat.build import resolve_block_kernels
 from longcat_pack.longcat.dit import LongCatVideoDiT
+from longcat_pack.longcat.options import BSA_OPTIONS_KEY
 from longcat_pack.longcat.scaled_fp8 import attach_scales
 
 # name: (batch, latent T, H, W, BSA)
@@ -107,19 +109,23 @@ def quantized_state(bf16_model, dtype, per_row: bool, comfy_format: bool) -> dic
     return state
 
 
-def build_quantized(variant, bf16_model, config, device, comfy, emulated):
-    """The variant's DiT on ``device``, its weights made from ``bf16_model``."""
+def build_quantized(variant, bf16_model, config, device, emulated):
+    """The variant's DiT on ``device``, its weights made from ``bf16_model``, with the same block
+    kernels as the bf16 model (what the loaders pick for the device)."""
     from longcat_pack.nodes.scaled_ops import mixed_precision_ops, scaled_fp8_ops
 
+    kernels = resolve_block_kernels("auto", device, torch.bfloat16, config)
+
     if variant == "fp8_rowwise_matmul":
-        model = LongCatVideoDiT(**config, device="meta", dtype=torch.bfloat16, operations=scaled_fp8_ops(True))
+        model = LongCatVideoDiT(**config, device="meta", dtype=torch.bfloat16, operations=scaled_fp8_ops(True),
+                                block_kernels=kernels)
         state = quantized_state(bf16_model, torch.float8_e4m3fn, per_row=True, comfy_format=False)
         attach_scales(model, [k for k in state if k.endswith(".scale_weight")])
     else:
         dtype, per_row = (torch.int8, True) if variant == "int8_matmul" else (torch.float8_e4m3fn, False)
         ops = mixed_precision_ops(torch.bfloat16, full_precision_mm=variant == "fp8", disabled=emulated)
         # Not on the meta device: these ops move each loaded weight to the device they were built on.
-        model = LongCatVideoDiT(**config, device=device, dtype=torch.bfloat16, operations=ops)
+        model = LongCatVideoDiT(**config, device=device, dtype=torch.bfloat16, operations=ops, block_kernels=kernels)
         state = quantized_state(bf16_model, dtype, per_row, comfy_format=True)
     model.requires_grad_(False)
     model.load_state_dict(state, strict=True, assign=True)
@@ -238,8 +244,7 @@ def main():
                 "weights_gib": weights_gib(bf16_model), "forward_peak_gib": peak})
         reference["official"] = out
     for variant in variants:
-        model = bf16_model if variant == "bf16" else build_quantized(variant, bf16_model, config, device, comfy,
-                                                                     emulated)
+        model = bf16_model if variant == "bf16" else build_quantized(variant, bf16_model, config, device, emulated)
         weights = weights_gib(model)
         for name, case in cases.items():
             cost = 2.5 * base_seconds.get(name, 0.0)  # warm-up + timed forward, with a margin

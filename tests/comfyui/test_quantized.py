@@ -7,7 +7,6 @@ ComfyUI's Python packages; the mixed-precision tests skip on a ComfyUI without t
 import logging
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from longcat_pack.longcat.convert import convert
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "longcat"))
 from comfy_quant_layout import conf_bytes, to_comfy_quant
 from kijai_layout import is_fp8_linear, kijai_lora, merge_by_hand, to_kijai_scaled_fp8
 from tiny_models import DIT_CONFIG
