@@ -46,10 +46,9 @@ import torch
 from _common import random_dit
 from longcat_pack.longcat import quant
 from longcat_pack.longcat.bsa_settings import BSASettings
-from longcat_pack.longcat.build import resolve_block_kernels
+from longcat_pack.longcat.build import load_weights, resolve_block_kernels
 from longcat_pack.longcat.dit import LongCatVideoDiT
 from longcat_pack.longcat.options import BSA_OPTIONS_KEY
-from longcat_pack.longcat.scaled_fp8 import attach_scales
 
 # name: (batch, latent T, H, W, BSA)
 CASES = {"480p": (2, 24, 60, 104, False), "refine": (1, 48, 88, 160, True)}
@@ -120,16 +119,13 @@ def build_quantized(variant, bf16_model, config, device, emulated):
         model = LongCatVideoDiT(**config, device="meta", dtype=torch.bfloat16, operations=scaled_fp8_ops(True),
                                 block_kernels=kernels)
         state = quantized_state(bf16_model, torch.float8_e4m3fn, per_row=True, comfy_format=False)
-        attach_scales(model, [k for k in state if k.endswith(".scale_weight")])
     else:
         dtype, per_row = (torch.int8, True) if variant == "int8_matmul" else (torch.float8_e4m3fn, False)
         ops = mixed_precision_ops(torch.bfloat16, full_precision_mm=variant == "fp8", disabled=emulated)
         # Not on the meta device: these ops move each loaded weight to the device they were built on.
         model = LongCatVideoDiT(**config, device=device, dtype=torch.bfloat16, operations=ops, block_kernels=kernels)
         state = quantized_state(bf16_model, dtype, per_row, comfy_format=True)
-    model.requires_grad_(False)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+    return load_weights(model, state).eval()
 
 
 def inputs(case, device, caption_channels):
