@@ -40,6 +40,7 @@ def load_weights(model: LongCatVideoDiT, state: dict) -> LongCatVideoDiT:
     """Assign ``state`` into ``model`` (a meta skeleton), scale attachments included; strict
     (every key, every shape)."""
     attach_scales(model, [key for key in state if is_scale_key(key)])
+    model.requires_grad_(False)  # before assigning: int8 weights cannot be parameters that need grad
     model.load_state_dict(state, strict=True, assign=True)
     return model
 

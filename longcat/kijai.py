@@ -121,13 +121,15 @@ def lora_key_map(weight_shapes: Mapping[str, tuple], prefix: str = "diffusion_mo
 class JoinedTensor:
     """One official tensor stored as several (Kijai's q, k, v → qkv): ``parts`` joined along dim 0.
 
-    rows: rows each part gives. A part holding one value (a per-tensor fp8 scale) is repeated over
-    its rows, so per-tensor scales become the per-row scale of the fused weight. Parts are header
-    entries (``weights.TensorInfo``); nothing is read until ``read``.
+    rows: rows each part gives. vector: the parts are scales, read flat (``[]``, ``[rows]`` or
+    ``[rows, 1]``); one holding one value (a per-tensor scale) is repeated over its rows, so
+    per-tensor scales become the per-row scale of the fused weight. Parts are header entries
+    (``weights.TensorInfo``); nothing is read until ``read``.
     """
 
     parts: tuple
     rows: tuple[int, ...]
+    vector: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -135,6 +137,8 @@ class JoinedTensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.vector:
+            return (sum(self.rows),)
         return (sum(self.rows), *self.parts[0].shape[1:])
 
     @property
@@ -146,6 +150,8 @@ class JoinedTensor:
         pieces = []
         for part, rows in zip(self.parts, self.rows):
             tensor = get(part)
+            if self.vector:
+                tensor = tensor.reshape(-1)
             if tensor.dim() == 0 or tensor.shape[0] != rows:
                 tensor = tensor.reshape(1).expand(rows)
             pieces.append(tensor)

@@ -37,6 +37,23 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = t
     return (weight.float() * scale.float().reshape(-1, 1)).to(dtype)
 
 
+def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ (weight · scale)ᵀ + bias`` on fp8 tensor cores; the fast, inexact sibling of ``dequantize``.
+
+    x ``[..., in]`` bf16; weight ``[out, in]`` float8_e4m3fn with scale ``[out]`` (or one value).
+    x is quantized to e4m3fn with one scale per row (token, ``amax / 448``), so no activation
+    clips; ``torch._scaled_mm`` with row-wise scales on both sides (fp32 accumulation) returns
+    bf16. Costs one pass over x; the result differs from the exact product by fp8's rounding of x.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    x_scale = (rows.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+    x_fp8 = (rows / x_scale.to(rows.dtype)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    w_scale = scale.float().reshape(1, -1).expand(1, weight.shape[0]).contiguous()
+    out = torch._scaled_mm(x_fp8, weight.t(), scale_a=x_scale, scale_b=w_scale,
+                           bias=None if bias is None else bias.to(x.dtype), out_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def quantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of ``dequantize`` for a changed weight (a merged LoRA): ``weight / scale`` per row,
     clamped to ``dtype``'s range (fp8 would give NaN past it) and rounded to nearest."""

@@ -1,11 +1,12 @@
 """Load LongCat-Video DiT weights: the official sharded ``dit/`` folder, one safetensors file in the
-official layout, or Kijai's ComfyUI files (Wan-style names, bf16 or scaled fp8; see ``kijai``).
+official layout, Kijai's ComfyUI files (Wan-style names, bf16 or scaled fp8; see ``kijai``), or a
+file in ComfyUI's quantized format (fp8 / int8 / nvfp4 layers, in either layout; see ``quant``).
 
 Safetensors only (pickle files are never opened). Every header is validated before any tensor is
 read (truncated / corrupt files, non-LongCat checkpoints, missing / unexpected keys, wrong shapes
 → ``ValueError`` naming the first few offenders). Tensors are read one at a time and cast on the
-way in (fp8 stays fp8, scaled fp8 keeps its per-row scales: ``scaled_fp8``), then assigned into a
-meta-device skeleton, so loading never holds a second copy of the model or runs a random init.
+way in (fp8 stays fp8, scaled fp8 and ComfyUI's fp8 / int8 layers keep their weights with one
+scale per row: ``scaled_fp8``), then assigned into a meta-device skeleton, so loading never holds a second copy of the model or runs a random init.
 Imports nothing from ComfyUI.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from . import kijai
+from . import kijai, quant
 from .build import dit_from_state_dict
 from .dit import LongCatVideoDiT
 from .scaled_fp8 import (
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I8": torch.int8,  # the INT8 Avatar copy (longcat/avatar/weights.py)
+    "I8": torch.int8, "U8": torch.uint8,  # int8: the INT8 Avatar copy, ComfyUI's int8; uint8: nvfp4, comfy_quant
 }
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16) + FP8_DTYPES
@@ -47,6 +48,8 @@ _KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.",
 # Scaled-fp8 bookkeeping that carries no weight: ComfyUI's ``scaled_fp8`` marker tensor and input
 # scales (used only by fp8 matrix multiplication; weights here are dequantized per layer).
 _FP8_MARKER, _INPUT_SCALE = "scaled_fp8", ".scale_input"
+# Kijai's q / k / v parts joined into one Linear cannot keep these per-part tensors (read as extras).
+_JOINABLE_FORMATS = quant.SCALED_FORMATS
 # Keys that identify other families, for a helpful "this is not LongCat" message.
 _OTHER_FAMILIES = {
     "blocks.0.self_attn.q.weight": "Wan 2.x", "patch_embedding.weight": "Wan 2.x",
@@ -74,6 +77,19 @@ def read_header(path) -> dict:
     Raises ValueError for non-safetensors, truncated or corrupt files, naming the file and tensors.
     """
     path = Path(path)
+    header, data_size = _raw_header(path)
+    header.pop("__metadata__", None)
+    return _parse_entries(path, header, data_size)
+
+
+def read_metadata(path) -> dict:
+    """The header's ``__metadata__`` (string to string; empty when absent)."""
+    metadata = _raw_header(Path(path))[0].get("__metadata__") or {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _raw_header(path: Path) -> tuple[dict, int]:
+    """(header JSON, data size) of a safetensors file, checked for being one."""
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise ValueError(f"{path.name}: only .safetensors files are supported (pickle files are never loaded)")
     size = path.stat().st_size
@@ -90,8 +106,7 @@ def read_header(path) -> dict:
             raise ValueError(f"{path.name}: corrupt safetensors header ({err})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path.name}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    return _parse_entries(path, header, size - 8 - n)
+    return header, size - 8 - n
 
 
 def _parse_entries(path: Path, header: dict, data_size: int) -> dict:
@@ -114,6 +129,41 @@ def _parse_entries(path: Path, header: dict, data_size: int) -> dict:
     return infos
 
 
+@dataclass(frozen=True)
+class QuantLayer:
+    """A Linear stored in ComfyUI's quantized format (``quant``): its format, whether its config asks
+    for full-precision matrix multiplication, and its tensors besides weight, bias and the fp8 /
+    int8 scale, under ComfyUI's names (``input_scale``; nvfp4: ``weight_scale``, ``weight_scale_2``,
+    ``pre_quant_scale``)."""
+
+    format: str
+    extras: dict
+    full_precision: bool = False
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """An nvfp4 weight: two 4-bit values a byte, so ``shape`` is the Linear's ``[out, in]``."""
+
+    info: TensorInfo
+
+    @property
+    def file(self) -> Path:
+        return self.info.file
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.info.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.info.shape[0], 2 * self.info.shape[1])
+
+
 def _first(names, count: int = 5) -> str:
     names = sorted(names)
     more = f" (+{len(names) - count} more)" if len(names) > count else ""
@@ -128,6 +178,11 @@ def _index_file(folder: Path) -> Path | None:
 def collect_tensors(path) -> dict:
     """``{official key: TensorInfo or kijai.JoinedTensor}`` for a single file, an index json, or a
     folder (official ``dit/``), in the official or Kijai's layout (see ``official_layout``)."""
+    return collect_quantized(path)[0]
+
+
+def collect_quantized(path) -> tuple[dict, dict]:
+    """``collect_tensors`` and ``{official Linear path: QuantLayer}`` for ComfyUI-format quantized layers."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"weights path does not exist: {path}")
@@ -138,11 +193,25 @@ def collect_tensors(path) -> dict:
             if len(files) != 1:
                 raise ValueError(f"{path}: expected a *.safetensors.index.json or exactly one .safetensors file, "
                                  f"found {len(files)} safetensors files")
-            return official_layout(read_header(files[0]))
-        path = index
+            path = files[0]
+        else:
+            path = index
     if path.name.endswith(".index.json"):
-        return official_layout(_read_index(path))
-    return official_layout(read_header(path))
+        infos, metadata = _read_index(path), {}
+    else:
+        infos, metadata = read_header(path), read_metadata(path)
+    return official_layout(infos, _layer_confs(infos, metadata))
+
+
+def _layer_confs(infos: dict, metadata: dict) -> dict:
+    """``{layer as named in the file: conf}`` from ``_quantization_metadata`` and ``comfy_quant`` tensors."""
+    confs = dict(quant.metadata_layers(metadata))
+    for name, info in infos.items():
+        if name.endswith(quant.CONF_SUFFIX):
+            with safe_open(str(info.file), framework="pt") as f:
+                conf = quant.conf_from_tensor(name, f.get_tensor(info.name))
+            confs.setdefault(name[:-len(quant.CONF_SUFFIX)], conf)
+    return confs
 
 
 def _read_index(index: Path) -> dict:
@@ -164,16 +233,72 @@ def _read_index(index: Path) -> dict:
     return infos
 
 
-def official_layout(infos: dict) -> dict:
-    """Header entries → official keys: drops scaled-fp8 bookkeeping (``scaled_fp8``, input scales),
-    strips a known wrapper prefix, reads ``weight_scale`` as ``scale_weight``, maps Kijai's layout
-    (detected by its keys, never the file name) and turns fp8 scales into per-row scales."""
-    infos = {k: v for k, v in infos.items()
-             if k.rpartition(".")[2] != _FP8_MARKER and not k.endswith(_INPUT_SCALE)}
-    infos = {_scale_spelling(k): v for k, v in _strip_prefix(infos).items()}
+def official_layout(infos: dict, confs: dict | None = None) -> tuple[dict, dict]:
+    """Header entries → ``(official keys → entries, {official Linear: QuantLayer})``.
+
+    Drops scaled-fp8 bookkeeping (``scaled_fp8``, legacy input scales) and ``comfy_quant`` entries,
+    moves a quantized layer's extra tensors into its ``QuantLayer`` (confs: ``{layer: conf}`` as
+    named in the file), strips a known wrapper prefix, reads ``weight_scale`` as ``scale_weight``,
+    maps Kijai's layout (detected by its keys, never the file name) and turns fp8 / int8 scales
+    into per-row scales. Raises ValueError naming the layer and format of a quantized layer the
+    loader cannot take.
+    """
+    infos = {k: v for k, v in infos.items() if k.rpartition(".")[2] != _FP8_MARKER
+             and not k.endswith(_INPUT_SCALE) and not k.endswith(quant.CONF_SUFFIX)}
+    layers = {layer: _quant_layer(infos, layer, conf) for layer, conf in (confs or {}).items()}
+    prefix = _common_prefix(infos)
+    infos = {_scale_spelling(k[len(prefix):]): v for k, v in infos.items()}
+    layers = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in layers.items()}
     if kijai.is_kijai_layout(infos):
+        layers = _kijai_layers(layers)  # first: it names a format mismatch better than a dtype one
         infos = kijai.to_official(infos)
-    return _per_row_scales(infos)
+    return _per_row_scales(infos), layers
+
+
+def _quant_layer(infos: dict, layer: str, conf: dict) -> QuantLayer:
+    """Check one ComfyUI-format layer and pop its extra tensors out of ``infos`` (nvfp4: its weight
+    becomes a ``PackedWeight``)."""
+    name = quant.check_format(layer, conf)
+    weight = infos.get(f"{layer}.weight")
+    if weight is None:
+        raise ValueError(f"{layer}: quantized as {name}, but the file has no {layer}.weight")
+    scaled = name in quant.SCALED_FORMATS
+    if scaled and weight.dtype != quant.FORMATS[name]:
+        raise ValueError(f"{layer}: quantized as {name}, but its weight is stored as {weight.dtype} "
+                         f"(expected {quant.FORMATS[name]})")
+    if scaled and f"{layer}.weight_scale" not in infos and f"{layer}{SCALE_SUFFIX}" not in infos:
+        raise ValueError(f"{layer}: quantized as {name}, but the file has no {layer}.weight_scale")
+    extras = {}
+    for extra in ("input_scale",) if scaled else ("weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale"):
+        if f"{layer}.{extra}" in infos:
+            extras[extra] = infos.pop(f"{layer}.{extra}")
+    if not scaled:
+        if "weight_scale" not in extras or "weight_scale_2" not in extras:
+            raise ValueError(f"{layer}: quantized as {name}, but weight_scale / weight_scale_2 are missing")
+        infos[f"{layer}.weight"] = PackedWeight(weight)
+    return QuantLayer(name, extras, bool(conf.get("full_precision_matrix_mult", False)))
+
+
+def _kijai_layers(layers: dict) -> dict:
+    """Quantized layers renamed like ``kijai.to_official``; q / k / v (k / v) parts join into one
+    layer of their common format, without per-part extras (one input scale cannot serve three)."""
+    out, parts = {}, {}
+    for layer, info in layers.items():
+        target = kijai.official_module(layer)
+        if target is None:
+            out[layer] = info
+        elif target.parts == 1:
+            out[target.module] = info
+        else:
+            parts.setdefault(target.module, []).append((layer, info))
+    for module, members in parts.items():
+        names = {info.format for _, info in members}
+        if len(names) > 1 or not names <= set(_JOINABLE_FORMATS):
+            listing = ", ".join(f"{layer} {info.format}" for layer, info in members)
+            raise ValueError(f"{module}: Kijai-layout parts ({listing}) cannot be joined into one Linear; "
+                             f"joinable formats: {', '.join(_JOINABLE_FORMATS)} (all parts alike)")
+        out[module] = QuantLayer(names.pop(), {}, any(info.full_precision for _, info in members))
+    return out
 
 
 def _scale_spelling(key: str) -> str:
@@ -181,7 +306,8 @@ def _scale_spelling(key: str) -> str:
 
 
 def _per_row_scales(infos: dict) -> dict:
-    """Each ``scale_weight`` as a ``JoinedTensor`` of one fp32-able value per output row of its weight.
+    """Each ``scale_weight`` (``[]``, ``[out]`` or ``[out, 1]``) as a ``JoinedTensor`` of one value
+    per output row of its weight.
 
     A scale whose weight is absent or not 2-D, or whose size fits neither one value nor one per
     row, is left as is: the key check then reports it.
@@ -194,15 +320,16 @@ def _per_row_scales(infos: dict) -> dict:
         parts = scale.parts if isinstance(scale, kijai.JoinedTensor) else (scale,)
         rows = weight.rows if isinstance(weight, kijai.JoinedTensor) else (weight.shape[0],)
         if len(parts) == len(rows) and all(math.prod(p.shape) in (1, r) for p, r in zip(parts, rows)):
-            out[key] = kijai.JoinedTensor(tuple(parts), tuple(rows))
+            out[key] = kijai.JoinedTensor(tuple(parts), tuple(rows), vector=True)
     return out
 
 
-def _strip_prefix(infos: dict) -> dict:
+def _common_prefix(infos: dict) -> str:
+    """The known wrapper prefix every key has, or ""."""
     for prefix in _KNOWN_PREFIXES:
         if infos and all(k.startswith(prefix) for k in infos):
-            return {k[len(prefix):]: v for k, v in infos.items()}
-    return infos
+            return prefix
+    return ""
 
 
 def check_is_longcat(shapes) -> None:
@@ -296,41 +423,65 @@ def _check_dtype(dtype):
 
 def inspect_checkpoint(path) -> tuple[dict, dict]:
     """``({official key: TensorInfo}, DiT config)`` of a file / index / ``dit/`` folder, validated
-    from the headers alone (each header read once, no tensor data).
+    from the headers alone (no tensor data but ComfyUI's small ``comfy_quant`` entries).
 
     Raises ValueError for bad files, non-LongCat checkpoints and key/shape mismatches.
     """
-    infos = collect_tensors(path)
+    return inspect_quantized(path)[:2]
+
+
+def inspect_quantized(path) -> tuple[dict, dict, dict]:
+    """``inspect_checkpoint`` plus ``{official Linear path: QuantLayer}`` of ComfyUI-format
+    quantized layers (empty for other files). Raises ValueError naming layer and format when a
+    quantized layer is not one of the model's Linears."""
+    infos, layers = collect_quantized(path)
     if "audio_proj.proj1.weight" in infos:
         raise ValueError(f"{Path(path).name} is a LongCat-Video-Avatar checkpoint: load it with "
                          "'Load LongCat-Video-Avatar Model'")
     config = infer_config(infos)
+    shapes = expected_shapes(config)
+    for layer, info in layers.items():
+        if len(shapes.get(f"{layer}.weight", ())) != 2:
+            raise ValueError(f"{layer}: quantized as {info.format}, but the LongCat DiT has no Linear "
+                             f"named {layer}")
     check_keys(infos, config)
-    return infos, config
+    return infos, config, layers
 
 
 @dataclass(frozen=True)
 class PlannedTensor:
     """One tensor of a loaded state dict: where it is stored, its dtype once loaded, and for a
-    scaled fp8 weight loaded in another dtype the per-row scale to dequantize it with."""
+    scaled fp8 weight loaded in another dtype the per-row scale to dequantize it with.
+
+    For a file being written (``convert``): quantize ``"tensor"`` / ``"row"`` quantizes the tensor
+    to ``dtype`` with one scale per tensor / row (``quant.quantize``), and the entry right after
+    it, ``scale_of`` that key, is that scale; out_shape replaces the source's shape (a reshape).
+    """
 
     key: str
-    source: object  # TensorInfo or kijai.JoinedTensor
+    source: object  # TensorInfo or kijai.JoinedTensor (None for a scale_of entry)
     dtype: torch.dtype
     scale: object = None
+    quantize: str | None = None
+    scale_of: str | None = None
+    out_shape: tuple | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.source.shape)
+        return tuple(self.out_shape if self.out_shape is not None else self.source.shape)
 
 
 def plan_tensors(infos: dict, dtype: torch.dtype | None = None) -> list[PlannedTensor]:
     """How each tensor of ``infos`` (from ``inspect_checkpoint``) is loaded for ``dtype``, grouped by file.
 
-    Scaled fp8 weights stay as stored with their per-row scales (fp32) for dtype None or any fp8
-    dtype (re-quantizing fp8 values only loses precision); bf16 / fp16 / fp32 dequantizes them.
+    Scaled fp8 / int8 weights stay as stored with their per-row scales (fp32) for dtype None or any
+    fp8 dtype (re-quantizing them only loses precision); bf16 / fp16 / fp32 dequantizes them.
+    nvfp4 weights load only as stored (dtype None): ComfyUI's ops unpack them.
     """
     _check_dtype(dtype)
+    if dtype is not None and (packed := [k for k, v in infos.items() if isinstance(v, PackedWeight)]):
+        raise ValueError(f"{packed[0].rpartition('.')[0]}: nvfp4 weights cannot be loaded as {dtype}; keep the file's dtypes "
+                         "(weight_dtype default), ComfyUI's mixed-precision ops dequantize them per layer")
     scaled = {weight_key(k) for k in infos if is_scale_key(k)}
     keep_scaled = dtype is None or dtype in FP8_DTYPES
     plan = []
@@ -361,11 +512,21 @@ def iter_planned(plan: list[PlannedTensor], device="cpu"):
         def read(source):
             return source.read(get) if isinstance(source, kijai.JoinedTensor) else get(source)
 
+        made_scale = None  # the scale of the weight quantized just before
         for entry in plan:
+            if entry.scale_of is not None:
+                yield entry.key, made_scale.reshape(entry.shape)
+                made_scale = None
+                continue
             tensor = read(entry.source)
             if entry.scale is not None:
                 tensor = dequantize(tensor, read(entry.scale))
-            tensor = cast_tensor(tensor, entry.dtype)
+            if entry.quantize is not None:
+                tensor, made_scale = quant.quantize(tensor, entry.dtype, per_row=entry.quantize == "row")
+            else:
+                tensor = cast_tensor(tensor, entry.dtype)
+            if entry.out_shape is not None:
+                tensor = tensor.reshape(entry.out_shape)
             yield entry.key, tensor
             del tensor  # released before the next read
 
@@ -417,7 +578,10 @@ def load_dit(path, dtype: torch.dtype | None = None, device="cpu", operations=No
     mixed-dtype files run; scaled fp8 weights are dequantized per layer). block_kernels: "auto"
     (the fused block kernels on a CUDA ``device``, torch ops elsewhere), "fused" or "torch".
     """
-    infos, config = inspect_checkpoint(path)
+    infos, config, layers = inspect_quantized(path)
+    if packed := [layer for layer, info in layers.items() if info.format == "nvfp4"]:
+        raise ValueError(f"{packed[0]}: nvfp4 weights load only inside ComfyUI "
+                         f"({quant.COMFYUI_NEEDED['nvfp4']} or newer), through its mixed-precision ops")
     state = read_tensors(infos, dtype, device)
     config["text_tokens_zero_pad"] = read_text_tokens_zero_pad(path)
     return dit_from_state_dict(state, config, operations=operations, attention=attention,

@@ -70,21 +70,34 @@ class LongCatModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=model_choices(),
                                tooltip="A LongCat-Video DiT .safetensors file in models/"
-                                       "diffusion_models, or an official sharded dit/ folder "
-                                       "(with diffusion_pytorch_model.safetensors.index.json) "
-                                       "placed there."),
+                                       "diffusion_models (official or Kijai layout, or quantized "
+                                       "in ComfyUI's format: fp8 / int8 / nvfp4), or an official "
+                                       "sharded dit/ folder (with diffusion_pytorch_model."
+                                       "safetensors.index.json) placed there."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="Storage dtype of the weights. default: ComfyUI's choice "
-                                       "for this device (bf16 on modern GPUs). fp8 halves the "
-                                       "memory (~14 GB) and computes in bf16/fp16."),
+                                       "for this device (bf16 on modern GPUs); a quantized file "
+                                       "(Kijai's scaled fp8, ComfyUI's fp8 / int8 / nvfp4) stays "
+                                       "quantized. fp8 halves the memory (~14 GB) and computes in "
+                                       "bf16/fp16. bf16 / fp16 dequantize a quantized file on "
+                                       "load (full memory)."),
+                io.Boolean.Input("quantized_matmul", default=False, optional=True,
+                                 tooltip="For quantized weights only. Off (default): each layer is "
+                                         "dequantized while it runs and multiplied in bf16: exact. "
+                                         "On: multiply in the weights' format where the GPU can "
+                                         "(fp8: RTX 40xx / Ada, H100 / Hopper, Blackwell; int8: "
+                                         "RTX 20xx and newer; nvfp4: Blackwell): faster, with a "
+                                         "small extra error from rounding the activations. Where "
+                                         "the GPU cannot, the console says so and the layer is "
+                                         "dequantized as with Off."),
             ],
             outputs=[io.Model.Output(tooltip="The LongCat-Video DiT as a ComfyUI MODEL.")],
         )
 
     @classmethod
-    def execute(cls, model_name: str, weight_dtype: str) -> io.NodeOutput:
+    def execute(cls, model_name: str, weight_dtype: str, quantized_matmul: bool = False) -> io.NodeOutput:
         path = resolve_model_path(model_name)
-        return io.NodeOutput(load_longcat_model(path, weight_dtype_option(weight_dtype)))
+        return io.NodeOutput(load_longcat_model(path, weight_dtype_option(weight_dtype), quantized_matmul))
 
 
 class LongCatLoRA(io.ComfyNode):

@@ -281,6 +281,9 @@ class WorkerPool:
         if version == self._weights_version:
             return False
         state = dit.state_dict()
+        if quantized := [name for name in state if name.endswith(".comfy_quant")]:
+            raise ValueError(f"{quantized[0].rpartition('.')[0]}: ComfyUI-format quantized weights cannot be sent "
+                             "to the multi-GPU workers; load the file with weight_dtype bf16 (or a bf16 file) for multi-GPU")
         entries = [[name, *tensor_meta(tensor)] for name, tensor in state.items()]
 
         def send_all():

@@ -60,7 +60,7 @@ def test_stage_prompts_keep_the_workflow_shapes_and_cut_the_steps(stage):
     assert "LongCatTestTextEncode" in kinds
     by_kind = {n["class_type"]: n["inputs"] for n in prompt.values()}
     assert by_kind["LongCatModelLoader"] == {"model_name": "dit_fp8.safetensors",
-                                             "weight_dtype": "fp8_e4m3fn"}
+                                             "weight_dtype": "fp8_e4m3fn", "quantized_matmul": False}
     assert by_kind["LongCatScheduler"]["steps"] == 3
     assert by_kind["LongCatScheduler"]["mode"] != "enhance_hf"
     if "EmptyHunyuanLatentVideo" in by_kind:
