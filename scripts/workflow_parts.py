@@ -95,7 +95,7 @@ def sample(wf: Workflow, col: Column, model, positive, latent, mode: str, steps:
                             {"mode": mode, "steps": steps, "t_thresh": 0.5, "shift": 12.0}))
     sampler = col.push(wf.add("LongCatSampler", col.next(),
                               {"seed": SEED, "guidance_scale": guidance, "use_kv_cache": True,
-                               "offload_kv_cache": False}, title=title))
+                               "offload_kv_cache": "auto"}, title=title))
     wf.link(model, sampler, "model")
     wf.link(positive, sampler, "positive")
     wf.link(latent, sampler, "latent")
