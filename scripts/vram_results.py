@@ -11,8 +11,9 @@ and stage the best measured cell (a success over a failure, then the lower s/ste
 
     python scripts/vram_results.py [files...]        # print the table and the notes
 
-``scripts/workflow_parts.py`` and the README take their VRAM text from here once results of the
-current bench exist (``latest_files()`` finds them).
+``scripts/workflow_parts.py`` takes the workflows' VRAM paragraphs from ``measured_notes()`` once
+results of the current bench (ComfyUI 0.33) are the newest in ``bench/results``; the README
+table is pasted from ``python scripts/vram_results.py``.
 """
 
 import argparse
@@ -123,6 +124,18 @@ def note(cells, stages) -> str:
         parts = [f"{STAGE_TITLES[s].split(' (')[0]} {describe(best(cells, budget, s))}" for s in stages]
         lines.append(f"* {CARD_CLASSES.get(int(budget), f'{budget:g} GB')}: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def measured_notes(min_comfyui: tuple = (0, 33), files=None) -> dict | None:
+    """The workflows' VRAM paragraphs ("480p", "720p", "continuation") from the newest results,
+    or None while those come from a ComfyUI older than ``min_comfyui`` (the hand-written notes
+    of the earlier bench stay until the current bench has been run)."""
+    cells = load(files or latest_files())
+    versions = {tuple(int(p) for p in c.comfyui.split(".")[:2]) for c in cells if c.comfyui}
+    if not cells or not versions or min(versions) < min_comfyui:
+        return None
+    return {"480p": note(cells, ("distill", "cfg480")), "720p": note(cells, ("refine",)),
+            "continuation": note(cells, ("continuation",))}
 
 
 def main(argv=None) -> int:
