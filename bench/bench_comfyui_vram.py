@@ -83,7 +83,8 @@ from comfyui_bench_stages import SAVE_LATENT_ID, STAGES, build_prompt, main_node
 COMFY_DEFAULT_RESERVE_GIB = 400 / 1024  # ComfyUI's own reserve on Linux (model_management.py)
 PROBE = Path(__file__).resolve().parent / "comfy_vram_probe"
 # Seconds a stage needs at full size, to skip it rather than start it too late.
-STAGE_MIN_S = {"distill": 90, "cfg480": 120, "continuation": 120, "refine": 240}
+STAGE_MIN_S = {"distill": 90, "cfg480": 120, "continuation": 120, "refine": 240, "vae720": 90,
+               "long_segment": 150}
 SERVER_MIN_S = 60
 STOP_MARGIN_S = 30  # left for interrupting (10 s), stopping the server (15 s) and writing results
 RETURN_LATENTS = ("distill", "cfg480", "continuation")  # 480p latents fit the 16 MiB file limit
@@ -123,6 +124,15 @@ CASES = {
     "48g_bf16_lowvram_refine": Case(48, "bf16", "default", ("distill", "refine"), lowvram=True),
     # Without --lowvram: in ComfyUI 0.3.64 the default mode also loads partially when needed.
     "24g_fp8": Case(24, "fp8", "fp8_e4m3fn", ("distill",)),
+    # Every stage per card class (issue 20), ComfyUI's default mode (0.33: DynamicVRAM for the
+    # models that use it; the pack's loader leaves room for its activation estimate), most
+    # important stages first.
+    "24g_fp8_all": Case(24, "fp8", "fp8_e4m3fn", ("refine", "continuation", "distill", "cfg480", "long_segment",
+                                                        "vae720")),
+    "16g_fp8_all": Case(16, "fp8", "fp8_e4m3fn", ("distill", "cfg480", "refine", "continuation", "vae720")),
+    "12g_fp8_distill": Case(12, "fp8", "fp8_e4m3fn", ("distill", "cfg480", "vae720")),
+    "80g_bf16_all": Case(80, "bf16", "default", ("refine", "continuation", "distill", "cfg480", "long_segment",
+                                                 "vae720")),
 }
 
 
@@ -180,6 +190,8 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
                                  args.refine_steps, f"bench/{name}", args.tiny)
     main_id = main_node_id(prompt, stage)
     steps = notes.get("refine_steps", args.steps) if stage == "refine" else args.steps
+    if stage == "long_segment":  # the first clip's steps, then the segment's
+        steps = 2 * args.steps
     rec = {"stage": stage, "notes": notes, "main_node": main_id}
     offset = server.log_path.stat().st_size
     rec["peak_reset_error"] = server.post("/bench/vram/reset", {})[1].get("reset_error")
@@ -216,8 +228,23 @@ def run_stage(server, events, monitor, name: str, case: Case, stage: str, object
     rec["monitor_peak_gib"] = monitor.peak(stage)
     rec["log"] = parse_log(_log_since(server.log_path, offset))
     rec["dit_partially_loaded"] = dit_partial(rec["log"], rec.get("vram", {}))
+    rec["activation_estimate"] = estimate_check(rec["log"], rec.get("vram", {}))
     rec["outputs"] = _outputs(server, entry)
     return rec
+
+
+def estimate_check(log: dict, vram: dict) -> dict | None:
+    """The pack's activation estimate for the stage's main forward (the last one it logged) next
+    to PyTorch's peak above the DiT weights ComfyUI held: an upper bound of the DiT's activations
+    (the stage's peak may also come from the VAE; bench/bench_dit_memory.py measures the DiT
+    alone)."""
+    estimates = log.get("activation_estimates") or []
+    if not estimates or "max_allocated" not in vram:
+        return None
+    last = max(estimates, key=lambda e: e["estimate_gib"])
+    above = vram["max_allocated"] - last["dit_loaded_gib"]
+    return {**last, "peak_above_dit_gib": round(above, 3),
+            "estimate_over_peak_above_dit": round(last["estimate_gib"] / above, 3) if above > 0 else None}
 
 
 def _probe(server) -> dict:
@@ -273,7 +300,8 @@ def run_stages(rec: dict, stages, session, case: Case, args, deadline: float, sa
 def run_case(rec: dict, case: Case, args, card_total, deadline: float, save) -> None:
     """Run one case's stages on a fresh server, filling ``rec`` (saved after every stage)."""
     name = rec["case"]
-    stages = [s for s in case.stages if not args.stages or s in args.stages]
+    only = args.case_stages.get(name) or args.stages
+    stages = [s for s in case.stages if not only or s in only]
     options, env = server_setup(case, args, card_total)
     rec.update({**case_fields(case), "stages_run": stages, "server_options": options,
                 "budget_applied": not args.cpu and card_total is not None, "stages": []})
@@ -401,7 +429,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, help="models, server base dir, logs "
                         "(default /tmp/longcat_comfyui_bench[_tiny]); never under --out")
     parser.add_argument("--cases", default=",".join(list(CASES)[:5]),
-                        help=f"comma-separated, in order; known: {', '.join(CASES)}")
+                        help="comma-separated, in order, each 'case' or 'case:stage+stage' (only those "
+                             f"stages of it); known: {', '.join(CASES)}")
     parser.add_argument("--stages", default="", help=f"only these of each case's stages ({', '.join(STAGES)})")
     parser.add_argument("--steps", type=int, default=3, help="sampler steps of the 480p stages")
     parser.add_argument("--refine-steps", type=int, default=2, help="DiT passes of the refinement")
@@ -433,13 +462,16 @@ def main(argv=None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
-    args.cases = [c for c in args.cases.split(",") if c]
+    # "case" or "case:stage+stage" (that case runs only those of its stages, in its order).
+    entries = [c.split(":", 1) for c in args.cases.split(",") if c]
+    args.cases = [e[0] for e in entries]
+    args.case_stages = {e[0]: e[1].split("+") for e in entries if len(e) == 2}
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown cases {unknown}; known: {list(CASES)}")
     args.stages = [s for s in args.stages.split(",") if s]
-    if any(s not in STAGES for s in args.stages):
-        parser.error(f"--stages must be among {list(STAGES)}")
+    if any(s not in STAGES for s in args.stages + sum(args.case_stages.values(), [])):
+        parser.error(f"stages must be among {list(STAGES)}")
     if args.cpu and not args.tiny:
         parser.error("--cpu runs only with --tiny (the full-size DiT on a CPU takes hours)")
     if not (args.comfyui / "main.py").is_file():

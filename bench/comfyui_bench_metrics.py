@@ -197,6 +197,10 @@ def step_timing(events: list, node_id: str, steps: int) -> dict:
 
 
 
+# nodes/runtime.py: the pack's activation estimate and how much of the DiT ComfyUI loaded.
+ESTIMATE_LINE = re.compile(r"LongCat (.+): activation estimate ([\d.]+) GiB; DiT ([\d.]+) of ([\d.]+) GiB loaded on ")
+
+
 def parse_log(text: str) -> dict:
     """What ComfyUI's log says about loading, offloading, fallbacks and errors."""
     loads, requested = [], None
@@ -224,6 +228,12 @@ def parse_log(text: str) -> dict:
             out["prompt_executed_s"].append(float(m.group(1)))
         elif "LongCat-Video" in line and "weights" in line and "offload" in line:
             out["pack_loader"].append(line.strip())
+        elif m := ESTIMATE_LINE.search(line):
+            out.setdefault("activation_estimates", []).append(
+                {"stage": m.group(1), "estimate_gib": float(m.group(2)), "dit_loaded_gib": float(m.group(3)),
+                 "dit_total_gib": float(m.group(4))})
+        elif "KV cache" in line and "LongCat Sampler" in line:
+            out["kv_cache"] = line.split("LongCat Sampler: ", 1)[-1].strip()
     out["loads"] = loads
     out["dit_partially_loaded"] = any(x["model"] == DIT_MODEL and x["mode"] == "partially" for x in loads)
     return out

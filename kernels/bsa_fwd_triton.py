@@ -389,7 +389,7 @@ def _raster_geometry(layout, name):
 
 
 def bsa_fwd_triton_raster(q, k, v, indices, counts, layout_q, layout_k, kv_chunked=False,
-                          sm_scale=None, num_warps=None, num_stages=None, **launch):
+                          sm_scale=None, num_warps=None, num_stages=None, out=None, **launch):
     """Block-sparse attention forward reading q, k, v and writing o in raster token order.
 
     Args:
@@ -399,10 +399,12 @@ def bsa_fwd_triton_raster(q, k, v, indices, counts, layout_q, layout_k, kv_chunk
         indices, counts: as in ``bsa_fwd_triton``, chunks numbered as in kernels/chunking.py.
         layout_q, layout_k: ``ChunkLayout``s; grids must be multiples of their chunks.
         sm_scale, num_warps, num_stages, launch: as in ``bsa_fwd_triton``.
+        out: None, or a ``[B, heads, Sq, D]`` view to write into (e.g. some heads of a larger
+            output); unit last stride.
 
     Returns:
         ``[B, heads, Sq, D]`` in raster order, stored as ``[B, Sq, heads, D]`` (a transposed
-        view), so ``out.transpose(1, 2).reshape(B, Sq, heads·D)`` is free.
+        view), so ``out.transpose(1, 2).reshape(B, Sq, heads·D)`` is free; ``out`` when given.
 
     Raises:
         ValueError: padded layouts, token counts that do not match, or what ``bsa_fwd_triton`` rejects.
@@ -416,6 +418,10 @@ def bsa_fwd_triton_raster(q, k, v, indices, counts, layout_q, layout_k, kv_chunk
                          f"{layout_q.grid}/{layout_k.grid}")
     _check(q, k, v, indices, counts, layout_q.num_chunks, None)
     B, H, S, D = q.shape
-    out = torch.empty(B, S, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    if out is None:
+        out = torch.empty(B, S, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} with a unit last stride, got "
+                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
     return _launch(q, k, v, out, indices, counts, geo_q, geo_k, None, sm_scale, num_warps,
                    num_stages, **launch)

@@ -100,14 +100,14 @@ def select_blocks(scores, sparsity, cdf_threshold, head_dim):
 
 # Working-set budget of one slab of query chunks in ``select_slabbed``: the scores plus what the
 # selection builds from them (CDF: fp32 softmax, sorted copy, int64 order, cumsum ≈ 24 B/score).
-_SLAB_BYTES = 256 * 1024 * 1024
+SLAB_BYTES = 256 * 1024 * 1024
 
 
 def _slab_rows(batch_heads, nk, bytes_per_score):
-    return max(1, _SLAB_BYTES // (batch_heads * nk * bytes_per_score))
+    return max(1, SLAB_BYTES // (batch_heads * nk * bytes_per_score))
 
 
-def _pad_width(indices, width):
+def pad_width(indices, width):
     """Widen ``[..., k]`` to ``[..., width]`` by repeating the last column (a safe address)."""
     extra = width - indices.shape[-1]
     if extra == 0:
@@ -141,7 +141,7 @@ def select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold, topk_select=None
     parts = [select_blocks(torch.matmul(q_pooled[:, :, s:s + step], k_t), sparsity, cdf_threshold, D)
              for s in range(0, nq, step)]
     kmax = max(p[0].shape[-1] for p in parts)
-    indices = torch.cat([_pad_width(p[0], kmax) for p in parts], dim=2)
+    indices = torch.cat([pad_width(p[0], kmax) for p in parts], dim=2)
     return indices.contiguous(), torch.cat([p[1] for p in parts], dim=2)
 
 

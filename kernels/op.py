@@ -14,29 +14,55 @@ model package or ComfyUI.
 import torch
 
 from .chunking import from_chunk_order, make_layout, to_chunk_order
-from .gating import gate, select_slabbed
+from .gating import pad_width, gate, select_slabbed
 from .reference import bsa_fwd_reference
 
 OP_NAME = "longcat_bsa::forward"
+
+
+# The raster path's own buffers per call (K/V copies in chunk order, the key-range passes' fp32
+# state) are bounded by running the heads in groups whose buffers stay under this many bytes
+# (refine, 32 heads: 2.6 GiB of fp32 state alone in one call → 4 groups of 8). Heads are
+# independent in gating and attention, so the groups give the same result.
+HEAD_GROUP_BYTES = 1 << 30
+
+
+def head_group_size(batch, heads, q_tokens, k_tokens, head_dim, itemsize):
+    """Heads per group: the largest divisor of ``heads`` whose buffers fit ``HEAD_GROUP_BYTES``."""
+    per_head = batch * head_dim * (2 * k_tokens * itemsize + 4 * q_tokens)
+    fitting = [d for d in range(1, heads + 1) if heads % d == 0 and d * per_head <= HEAD_GROUP_BYTES]
+    return max(fitting, default=1)
 
 
 def _triton_raster(q, k, v, layout_q, layout_k, sparsity, cdf_threshold):
     """Divisible grids on Triton: q read and o written in raster order; K/V copied once into
     chunk order (k's chunk means computed in the same pass), which lets the kernel load them
     through tensor descriptors (TMA). On H200 that beats reading K/V in raster order, copy
-    included (docs/kernels.md, levers)."""
+    included (docs/kernels.md, levers). Heads run in groups (``head_group_size``)."""
     from .bsa_fwd_triton import auto_kv_passes, bsa_fwd_triton_raster
     from .gating_triton import pool_chunks_triton
     from .reorder_triton import chunk_order_kv_pooled
 
-    kc, vc, k_pooled = chunk_order_kv_pooled(k, v, layout_k)
-    q_pooled = pool_chunks_triton(q, layout_q)
-    indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold,
-                                     _fused_topk(layout_k))
-    del q_pooled, k_pooled
-    out = bsa_fwd_triton_raster(q, kc, vc, indices, counts, layout_q, layout_k, kv_chunked=True,
-                                kv_passes=auto_kv_passes(kc))
-    return out, indices, counts
+    B, H, S, D = q.shape
+    out = torch.empty(B, S, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    group = head_group_size(B, H, S, k.shape[2], D, k.element_size())
+    parts = []
+    for h in range(0, H, group):
+        heads = slice(h, h + group)
+        kc, vc, k_pooled = chunk_order_kv_pooled(k[:, heads], v[:, heads], layout_k)
+        q_pooled = pool_chunks_triton(q[:, heads], layout_q)
+        indices, counts = select_slabbed(q_pooled, k_pooled, sparsity, cdf_threshold,
+                                         _fused_topk(layout_k))
+        del q_pooled, k_pooled
+        bsa_fwd_triton_raster(q[:, heads], kc, vc, indices, counts, layout_q, layout_k,
+                              kv_chunked=True, kv_passes=auto_kv_passes(kc), out=out[:, heads])
+        del kc, vc
+        parts.append((indices, counts))
+    if len(parts) == 1:
+        return out, *parts[0]
+    width = max(p[0].shape[-1] for p in parts)
+    indices = torch.cat([pad_width(p[0], width) for p in parts], dim=1)
+    return out, indices, torch.cat([p[1] for p in parts], dim=1)
 
 
 def _fused_topk(layout_k):

@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..kernels import block_sparse_attention
 from .block_kernels import TORCH_KERNELS, norm_rope, split_heads
 from .layers import RMSNorm
+from .memory import per_frame_rows
 from .options import BSA_LOG_KEY
 from .rope import apply_rope
 
@@ -61,6 +62,7 @@ class SelfAttnPlan:
     return_kv: return the conditioning tokens' (all tokens' if cond_frames = 0) pre-RoPE k, v.
     context_parallel: None, or a ``parallel.ContextParallel`` (x holds this rank's token shard;
     the attention below runs on this rank's heads over all tokens).
+    token_chunk: tokens per slice of the per-token work (``memory.frame_slices``); 0 = one slice.
     """
 
     grid: tuple[int, int, int]
@@ -70,6 +72,7 @@ class SelfAttnPlan:
     sigma: float | None = None
     return_kv: bool = False
     context_parallel: object | None = None
+    token_chunk: int = 0
 
 
 def _core(q, k, v, grid_q, grid_k, heads, attention, opts, bsa, reports):
@@ -102,28 +105,31 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
         self.proj = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
 
-    def forward(self, x, plan: SelfAttnPlan, opts: dict, cache=None, bsa=None):
+    def forward(self, x, plan: SelfAttnPlan, opts: dict, cache=None, bsa=None, prenorm=None):
         """x ``[B, N, C]`` → (``[B, N, C]``, (k, v) pre-RoPE ``[B, heads, n, D]`` if plan.return_kv
         else None, BSA reports of the sparse calls).
 
         cache: None or this block's cached conditioning (k, v) ``[1 or B, heads, Tc·H·W, D]``
         (pre-RoPE, any device), placed in front of this call's keys. bsa: BSA settings, or None
-        for the dense ``attention``.
+        for the dense ``attention``. prenorm: None (x is the normalised input), or
+        ``prenorm(x_slice, batch_slice, frame_slice)`` giving the normalised input of a slice of
+        the residual stream x, so qkv is projected slice by slice (``memory.per_frame_rows``).
         """
         cp = plan.context_parallel
-        q, k, v, kv_out = self._roped_qkv(x, plan, cache)
+        q, k, v, kv_out = self._roped_qkv(x, plan, cache, prenorm)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         reports = []
         out = self._attend(q, k, v, plan, opts, n_cond, bsa, reports)
+        del q, k, v  # qkv (3 token streams) is free before proj allocates its output
         if cp is not None:  # back to this rank's tokens, every head
             out = cp.sequence_from_heads(out, plan.grid)
         return self.proj(out), kv_out, reports
 
-    def _roped_qkv(self, x, plan: SelfAttnPlan, cache):
+    def _roped_qkv(self, x, plan: SelfAttnPlan, cache, prenorm=None):
         """q and k (normed, roped; k over ``[cache; x]``), v, each ``[B, heads, n, D]``, and the
-        pre-RoPE (k, v) to return when ``plan.return_kv`` (else None)."""
+        pre-RoPE (k, v) to return when ``plan.return_kv`` (else None). prenorm: as in ``forward``."""
         rope_k = cache is None and not plan.return_kv  # else k is roped after the cache joins it
-        q, k, v = self._qkv(x, plan, plan.context_parallel, rope_k)
+        q, k, v = self._qkv(x, plan, plan.context_parallel, rope_k, prenorm)
         n_cond = plan.cond_frames * plan.grid[1] * plan.grid[2]
         kv_out = None
         if plan.return_kv:
@@ -132,16 +138,22 @@ class SelfAttention(nn.Module):
             k = torch.cat([_match(cache[0], k), k], dim=2)
             v = torch.cat([_match(cache[1], v), v], dim=2)
         if not rope_k:
-            k = apply_rope(k, *plan.rope)
+            # [cache; k] is this call's own tensor: rope it in place (else k may be viewed by kv_out).
+            k = rope_rows(k, *plan.rope, plan.token_chunk, in_place=cache is not None)
         return q, k, v, kv_out
 
-    def _qkv(self, x, plan: SelfAttnPlan, cp, rope_k: bool):
+    def _qkv(self, x, plan: SelfAttnPlan, cp, rope_k: bool, prenorm=None):
         """q (normed, roped), k (normed; roped if ``rope_k``), v, each ``[B, heads, n, D]``; under
-        context parallel ``cp``, this rank's heads over every token.
+        context parallel ``cp``, this rank's heads over every token. With ``prenorm`` (see
+        ``forward``) qkv is projected slice by slice of whole frames.
 
         Context parallel norms and ropes with torch ops after its all-to-all (RoPE needs the
         global positions, and the fused kernels take the packed ``[B, n, 3·C]`` qkv)."""
-        qkv = self.qkv(x)
+        if prenorm is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = per_frame_rows(lambda xs, bs, fs: self.qkv(prenorm(xs, bs, fs)), x, plan.grid[0],
+                                 plan.token_chunk)
         cos, sin = plan.rope
         if cp is None:
             return self.block_kernels.qkv_norm_rope(qkv, self.q_norm, self.k_norm, self.num_heads, cos, sin, rope_k)
@@ -165,6 +177,22 @@ class SelfAttention(nn.Module):
             q[:, :, n_cond:], k, v, (t - tc, h, w), (t, h, w), heads, self.attention, opts, bsa, reports
         )
         return torch.cat([cond, noise], dim=1)
+
+
+def rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunk: int,
+              in_place: bool = False) -> torch.Tensor:
+    """``apply_rope`` over slices of at most ``chunk`` tokens (0 = one call): its fp32
+    temporaries (~6× a bf16 x) exist for one slice at a time; per-element, so the same result.
+    in_place: write the result over x (a tensor nothing else reads)."""
+    rows = x.shape[2]
+    step = max(1, chunk // max(1, x.shape[0])) if chunk else rows
+    if step >= rows and not in_place:
+        return apply_rope(x, cos, sin)
+    out = x if in_place else torch.empty_like(x)
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        out[:, :, start:stop] = apply_rope(x[:, :, start:stop], cos[start:stop], sin[start:stop])
+    return out
 
 
 def _match(cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -208,17 +236,27 @@ class CrossAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype)
         self.proj = operations.Linear(dim, dim, bias=True, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, text: TextInputs, opts: dict) -> torch.Tensor:
-        """x ``[B, N, C]`` → ``[B, N, C]``; each item's queries attend to its own text tokens."""
+    def text_kv(self, text: TextInputs):
+        """The text's normalised k and v, ``[B, heads, L, D]`` each (one per block and forward)."""
+        b = text.y.shape[0]
+        k, v = self.kv_linear(text.y).view(b, -1, 2, self.num_heads, self.head_dim).unbind(2)
+        return self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, text: TextInputs, opts: dict, kv=None, items=slice(None)) -> torch.Tensor:
+        """x ``[b, N, C]`` → ``[b, N, C]``; each item's queries attend to its own text tokens.
+
+        kv: ``text_kv(text)`` when already computed; items: which batch items of ``text`` x
+        holds (a slice of the forward's batch)."""
         b = x.shape[0]
-        heads, d = self.num_heads, self.head_dim
+        heads = self.num_heads
         q = self.block_kernels.head_norm(self.q_norm, self.q_linear(x), heads)
-        k, v = self.kv_linear(text.y).view(b, -1, 2, heads, d).unbind(2)
-        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+        k, v = self.text_kv(text) if kv is None else kv
+        k, v = k[items], v[items]
         if text.keep is None:
             out = self.attention(q, k, v, heads, skip_reshape=True, transformer_options=opts)
         else:
-            out = torch.cat([self._one(q[i:i + 1], k[i:i + 1], v[i:i + 1], text.keep[i], opts) for i in range(b)])
+            keep = text.keep[items]
+            out = torch.cat([self._one(q[i:i + 1], k[i:i + 1], v[i:i + 1], keep[i], opts) for i in range(b)])
         return self.proj(out)
 
     def _one(self, q, k, v, keep: torch.Tensor, opts: dict) -> torch.Tensor:

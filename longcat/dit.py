@@ -40,6 +40,7 @@ from .layers import (
     TimestepEmbedder,
     linear_fp32,
 )
+from .memory import KVStreamer, per_frame_rows, pin, token_chunk
 from .options import (
     BLOCK_INDEX_KEY,
     BSA_LOG_KEY,
@@ -84,23 +85,42 @@ class LongCatBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
 
         ops = self.block_kernels
-        attn, kv, reports = self.attn(ops.norm_modulate(self.mod_norm_attn, x, shift_msa, scale_msa),
-                                      plan, opts, cache, bsa)
+        # Per-token work runs over slices of whole frames (memory.per_frame_rows): the norms'
+        # outputs and the FFN's [N, 11008] halves exist for one slice at a time.
+        def attn_input(xs, bs, fs):
+            return ops.norm_modulate(self.mod_norm_attn, xs, shift_msa[bs, fs], scale_msa[bs, fs])
+
+        def ffn_residual(xs, bs, fs):
+            h = ops.norm_modulate(self.mod_norm_ffn, xs, shift_mlp[bs, fs], scale_mlp[bs, fs])
+            return ops.gated_residual(xs, self.ffn(h), gate_mlp[bs, fs])
+
+        attn, kv, reports = self.attn(x, plan, opts, cache, bsa, prenorm=attn_input)
         x = ops.gated_residual(x, attn, gate_msa)
+        del attn
 
         if text is not None:
-            x = x + self._cross(ops.norm_affine(self.pre_crs_attn_norm, x), text, plan, opts)
+            text_kv = self.cross_attn.text_kv(text)
 
-        ffn = self.ffn(ops.norm_modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp))
-        return ops.gated_residual(x, ffn, gate_mlp), kv, reports
+            def cross_residual(xs, bs, fs):
+                h = ops.norm_affine(self.pre_crs_attn_norm, xs)
+                return xs + self._cross(h, text, plan, opts, text_kv, bs, _frames(fs, plan.grid[0]))
 
-    def _cross(self, h, text, plan: SelfAttnPlan, opts):
-        """Cross-attention output; conditioning tokens (split path) get exactly zero."""
+            x = per_frame_rows(cross_residual, x, plan.grid[0], plan.token_chunk)
+
+        return per_frame_rows(ffn_residual, x, shift_mlp.shape[1], plan.token_chunk), kv, reports
+
+    def _cross(self, h, text, plan: SelfAttnPlan, opts, text_kv=None, items=slice(None), frames=None):
+        """Cross-attention output of h (batch ``items``, latent frames ``frames`` = (first, end),
+        default all); conditioning tokens (split path) get exactly zero. text_kv: the text's k, v
+        when computed once per block (``CrossAttention.text_kv``)."""
+        first, end = (0, plan.grid[0]) if frames is None else frames
         # Tokens per frame from h: a context-parallel shard holds part of every frame.
-        n_cond = plan.cond_frames * (h.shape[1] // plan.grid[0])
+        n_cond = min(max(plan.cond_frames - first, 0), end - first) * (h.shape[1] // (end - first))
         if not n_cond:
-            return self.cross_attn(h, text, opts)
-        noise = self.cross_attn(h[:, n_cond:], text, opts)
+            return self.cross_attn(h, text, opts, text_kv, items)
+        if n_cond == h.shape[1]:
+            return torch.zeros_like(h)
+        noise = self.cross_attn(h[:, n_cond:], text, opts, text_kv, items)
         return torch.cat([noise.new_zeros(h.shape[0], n_cond, h.shape[2]), noise], dim=1)
 
 
@@ -173,7 +193,7 @@ class LongCatVideoDiT(nn.Module):
         plan = SelfAttnPlan(
             grid=grid, cond_frames=cond, cached_frames=cached, return_kv=return_kv, sigma=window_sigma(opts),
             rope=self.rope.get((cached + grid[0], grid[1], grid[2]), self.head_dim, x.device),
-            context_parallel=cp,
+            context_parallel=cp, token_chunk=token_chunk(opts),
         )
         tokens = self.x_embedder(x)
         if cp is not None:
@@ -201,9 +221,11 @@ class LongCatVideoDiT(nn.Module):
         replace = opts.get(PATCHES_REPLACE_KEY, {}).get("dit", {})
         settings, log = opts.get(BSA_OPTIONS_KEY), opts.get(BSA_LOG_KEY)
         new_cache = {} if plan.return_kv else None
+        # An offloaded cache streams in one block ahead of the block that reads it.
+        streamer = None if kv_cache is None else KVStreamer(kv_cache, x.device)
         for i, block in enumerate(self.blocks):
             opts[BLOCK_INDEX_KEY] = i
-            cache = None if kv_cache is None else kv_cache[i]
+            cache = None if streamer is None else streamer.get(i)
             bsa = _block_bsa(settings, i, plan)
             kv_slot, reports = [], []
 
@@ -228,7 +250,7 @@ class LongCatVideoDiT(nn.Module):
                 k, v = kv_slot[-1]
                 # k, v may be views into this call's full k, v: copy them (to the CPU, or
                 # contiguous on the device) so the cache does not keep the full tensors alive.
-                new_cache[i] = (k.to("cpu"), v.to("cpu")) if offload else (k.contiguous(), v.contiguous())
+                new_cache[i] = (pin(k), pin(v)) if offload else (k.contiguous(), v.contiguous())
         return x, new_cache
 
     def _check_input(self, x, num_cond_latents, kv_cache):
@@ -290,6 +312,11 @@ class LongCatVideoDiT(nn.Module):
         pt, ph, pw = self.patch_size
         x = tokens.view(b, nt, nh, nw, pt, ph, pw, self.out_channels)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, nt * pt, nh * ph, nw * pw)
+
+
+def _frames(fs: slice, frames: int) -> tuple[int, int]:
+    """(first, end) latent frames of a ``memory.frame_slices`` frame slice."""
+    return fs.start or 0, frames if fs.stop is None else fs.stop
 
 
 def _block_bsa(settings, block_index: int, plan: SelfAttnPlan):

@@ -11,6 +11,7 @@ BSA_LOG_KEY = "longcat_bsa_log"  # an object with record(block_index, report), p
 CP_OPTIONS_KEY = "longcat_context_parallel"  # a parallel.ContextParallel: this rank's token shard
 RAW_OUTPUT_KEY = "longcat_raw_output"  # True: the adapter takes 0..1000 timesteps, returns the raw DiT output
 MULTI_GPU_OPTIONS_KEY = "longcat_multi_gpu"  # the Multi-GPU node's runner: the DiT call runs on every GPU
+TOKEN_CHUNK_KEY = "longcat_token_chunk"  # int: tokens per slice of the DiT's per-token work, 0 = off
 
 # ComfyUI's (written by its samplers and patch nodes, or by us in their format):
 SIGMAS_KEY = "sigmas"  # the current sigma(s), a tensor; the DiT reads the first for BSA's step window

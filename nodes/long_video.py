@@ -10,7 +10,7 @@ from ..longcat.frames import REFINE_SIZE
 from ..longcat.long_video import generate_long_video, refine_long_video
 from ..longcat.schedules import enhance_hf_sigmas, normal_sigmas, refine_sigmas
 from .long_video_settings import LongVideoSettings
-from .runtime import VaeCodec, loaded_model, progress_callback, text_condition
+from .runtime import VaeCodec, kv_cache_offload, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,18 @@ def _stage1(model, vae, prompts, negative, settings: LongVideoSettings, t2v, vc,
             callback):
     """``generate_long_video`` on the loaded ``model`` → (frames ``[F, H, W, 3]``, BSA summary)."""
     cfg = 2 if settings.guidance_scale > 1.0 else 1
-    with loaded_model(model, settings.stage1_latent_shape(), cfg) as (dit_fn, device, bsa_log):
+    shape = settings.stage1_latent_shape()
+    cond_latents = (settings.num_cond_frames - 1) // 4 + 1
+    with loaded_model(model, shape, cfg, stage=f"Long Video segments ({settings.width}x{settings.height})",
+                      cached_frames=cond_latents if settings.use_kv_cache else 0,
+                      split=not settings.use_kv_cache,
+                      fit_hints=["turn off use_kv_cache"] if settings.use_kv_cache else ()) \
+            as (dit_fn, device, bsa_log):
+        offload, cache_note = False, None
+        if settings.use_kv_cache:  # the segments' cache, placed as LongCat Sampler's "auto" does
+            offload, cache_note = kv_cache_offload("auto", model, shape, cond_latents,
+                                                   dit_fn.activation_bytes)
+            log.info("LongCat Long Video: %s", cache_note)
         codec = VaeCodec(vae, model.model.latent_format, device)
         frames = generate_long_video(
             dit_fn, codec.encode, codec.decode, [text_condition([p], device) for p in prompts],
@@ -27,9 +38,10 @@ def _stage1(model, vae, prompts, negative, settings: LongVideoSettings, t2v, vc,
             num_segments=settings.num_segments, height=settings.height, width=settings.width,
             num_frames=settings.num_frames, num_cond_frames=settings.num_cond_frames,
             t2v_sigmas=t2v, vc_sigmas=vc, guidance_scale=settings.guidance_scale,
-            use_kv_cache=settings.use_kv_cache, generator=generator, device=device,
-            callback=callback)
-    return frames, bsa_log.summary()
+            use_kv_cache=settings.use_kv_cache, offload_kv_cache=offload, generator=generator,
+            device=device, callback=callback)
+    summary = bsa_log.summary()
+    return frames, summary if cache_note is None else f"{cache_note}\n{summary}"
 
 
 def _refine(model, vae, frames, prompt, settings: LongVideoSettings, sigmas, generator, callback):
@@ -38,7 +50,8 @@ def _refine(model, vae, frames, prompt, settings: LongVideoSettings, sigmas, gen
     The MODEL is loaded for the refinement window's latent (720p, 2x frames), not stage 1's, so
     ComfyUI reserves enough memory for it.
     """
-    with loaded_model(model, settings.refine_latent_shape()) as (dit_fn, device, bsa_log):
+    with loaded_model(model, settings.refine_latent_shape(), stage="Long Video refinement",
+                      split=True) as (dit_fn, device, bsa_log):
         codec = VaeCodec(vae, model.model.latent_format, device)
         frames = refine_long_video(
             dit_fn, codec.encode, codec.decode, frames, text_condition(prompt, device),

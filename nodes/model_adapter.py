@@ -39,6 +39,7 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..longcat import kijai, quant, weights
+from ..longcat import memory as longcat_memory
 from ..longcat.block_kernels import kernels_named
 from ..longcat.build import load_weights, resolve_block_kernels
 from ..longcat.dit import LongCatVideoDiT
@@ -73,7 +74,8 @@ class LongCatVideoConfig(comfy.supported_models_base.BASE):
     latent_format = comfy.latent_formats.Wan21
     # Official inference is bf16; fp16 is unvalidated, fp32 is the fallback for old GPUs.
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-    memory_usage_factor = 4096 / 2222  # scaled like WAN21 (hidden size / 2222)
+    # Used only by ComfyUI's generic estimate, which LongCatVideoModel.memory_required replaces.
+    memory_usage_factor = 4096 / 2222
 
     def get_model(self, state_dict, prefix="", device=None):
         return LongCatVideoModel(self, device=device)
@@ -95,6 +97,28 @@ class LongCatVideoModel(comfy.model_base.BaseModel):
         q / k / v (k / v) parts as row slices of the fused weights (``install_lora_key_map``)."""
         shapes = {k: tuple(v.shape) for k, v in self.diffusion_model.state_dict().items()}
         return kijai.lora_key_map(shapes, prefix="diffusion_model.")
+
+    def memory_required(self, input_shape, cond_shapes={}, bsa=False, cached_frames=0, split=False):
+        """Bytes of activations one DiT forward takes on a latent ``[B, 16, T, H, W]``
+        (``longcat.memory.forward_peak_bytes``), which ComfyUI keeps free when it decides how
+        much of the DiT stays on the GPU. ComfyUI's generic formula (area · factor) ignores
+        BSA, the KV cache and our token chunking; it asked for ~2.5× the 480p CFG peak.
+
+        bsa: the forward runs BSA (refine); cached_frames: leading frames of the latent held in
+        a KV cache (the forward sees only the rest); split: conditioning frames without a cache.
+        ComfyUI's own callers pass only the shape (dense, no cache)."""
+        dit = self.diffusion_model
+        _, _, frames, height, width = input_shape
+        _, ph, pw = dit.patch_size
+        shape = longcat_memory.ForwardShape(
+            batch=input_shape[0], frames=frames - cached_frames, per_frame=(height // ph) * (width // pw),
+            cached_frames=cached_frames, bsa=bsa, split=split)
+        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        fused = dit.blocks[0].block_kernels.name == "fused"
+        return longcat_memory.forward_peak_bytes(
+            shape, hidden=dit.hidden_size, heads=dit.num_heads,
+            ffn_hidden=dit.blocks[0].ffn.w1.out_features, itemsize=itemsize, fused=fused)
 
     def get_dtype(self):
         dtype = getattr(self.diffusion_model, "dtype", None)

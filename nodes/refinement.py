@@ -24,7 +24,10 @@ def refine_frames(model, vae, positive, frames, width: int, height: int, t_thres
     if cond_frames is None:
         num_cond_frames = 0
     plan = refine_plan(frames.shape[0], num_cond_frames, spatial_refine_only)
-    with loaded_model(model, latent_shape(plan.latent_frames, height, width)) as (dit_fn, device, bsa_log):
+    stage = f"Refine ({width}x{height}, {plan.latent_frames} latent frames)"
+    hints = [] if spatial_refine_only else ["set spatial_refine_only (1x frames: half the tokens)"]
+    with loaded_model(model, latent_shape(plan.latent_frames, height, width), stage=stage,
+                      split=plan.cond_latents > 0, fit_hints=hints) as (dit_fn, device, bsa_log):
         codec = VaeCodec(vae, latent_format, device)
         result = refine(dit_fn, codec.encode, codec.decode, frames[..., :3],
                         text_condition(positive, device),

@@ -9,8 +9,15 @@ from comfy_api.latest import io
 
 from ..longcat.pipelines import denoise, make_noise
 from ..longcat.schedules import SHIFT
+from .runtime import (
+    KV_CACHE_PLACEMENTS,
+    check_longcat,
+    kv_cache_offload,
+    loaded_model,
+    progress_callback,
+    text_condition,
+)
 from .sampling_inputs import COND_LATENTS_KEY, SCHEDULES, schedule_sigmas, start_latents
-from .runtime import check_longcat, loaded_model, progress_callback, text_condition
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,7 @@ class LongCatScheduler(io.ComfyNode):
 
 
 def sample_latent(model, positive, negative, latent: dict, sigmas, seed: int, guidance: float,
-                  use_kv_cache: bool, offload_kv_cache: bool):
+                  use_kv_cache: bool, offload_kv_cache="auto"):
     """Run ``pipelines.denoise`` on a LATENT (clean cond frames first) → (LATENT, BSA summary)."""
     check_longcat(model)
     latent_format = model.model.latent_format
@@ -60,18 +67,33 @@ def sample_latent(model, positive, negative, latent: dict, sigmas, seed: int, gu
     noise = make_noise(samples.shape, torch.Generator("cpu").manual_seed(seed))
     x = start_latents(samples, noise, float(sigmas[0]), num_cond, latent_format.process_in)
     batch = 2 if guidance > 1.0 else 1
-    with loaded_model(model, x.shape, batch) as (dit_fn, device, bsa_log):
+    cached = num_cond if use_kv_cache else 0
+    t, h, w = x.shape[2:]
+    stage = (f"Sampler ({w * 8}x{h * 8}, {t} latent frames, batch {x.shape[0] * batch}"
+             + (f", {num_cond} cached" if cached else "") + ")")
+    hints = ["use a shorter or smaller video"]
+    if cached:
+        hints.insert(0, "set offload_kv_cache to cpu")
+    cache_note = None
+    with loaded_model(model, x.shape, batch, stage=stage, cached_frames=cached,
+                      split=num_cond > 0 and not cached, fit_hints=hints) as (dit_fn, device, bsa_log):
+        offload = False
+        if cached:
+            offload, cache_note = kv_cache_offload(offload_kv_cache, model, x.shape, num_cond,
+                                                   dit_fn.activation_bytes)
+            log.info("LongCat Sampler: %s", cache_note)
         positive_cond = text_condition(positive, device)
         negative_cond = None if negative is None else text_condition(negative, device)
         out = denoise(dit_fn, x.to(device), sigmas, positive_cond, negative_cond, guidance,
-                      num_cond_latents=num_cond, use_kv_cache=use_kv_cache and num_cond > 0,
-                      offload_kv_cache=offload_kv_cache,
+                      num_cond_latents=num_cond, use_kv_cache=bool(cached), offload_kv_cache=offload,
                       callback=progress_callback(model, len(sigmas) - 1))
     raw = latent_format.process_out(out).to(comfy.model_management.intermediate_device())
     result = {**latent, "samples": raw, COND_LATENTS_KEY: num_cond}
     result.pop("noise_mask", None)
     summary = bsa_log.summary()
     log.info("LongCat Sampler: %s", summary)
+    if cache_note is not None:
+        summary = f"{cache_note}\n{summary}"
     return result, summary
 
 
@@ -104,9 +126,12 @@ class LongCatSampler(io.ComfyNode):
                                  tooltip="Continuation: compute the conditioning frames' "
                                          "attention keys/values once instead of every step "
                                          "(same result, faster). Ignored without cond frames."),
-                io.Boolean.Input("offload_kv_cache", default=False,
-                                 tooltip="Keep that cache in CPU RAM (~5 GB at 480p) and copy it "
-                                         "in per block; saves VRAM, costs speed."),
+                io.Combo.Input("offload_kv_cache", options=list(KV_CACHE_PLACEMENTS), default="auto",
+                               tooltip="Where that cache (~4.6 GB at 480p in bf16) lives. auto: on "
+                                       "the GPU when it fits next to the sampling in the free "
+                                       "VRAM, else in pinned CPU RAM, copied in one block ahead "
+                                       "(same result). cpu / gpu: always there. The choice is "
+                                       "logged and written in bsa_report."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative prompt; required when guidance_scale "
                                               "> 1 (official: a long Wan-style negative)."),
@@ -122,7 +147,7 @@ class LongCatSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, sigmas, seed: int, guidance_scale: float,
-                use_kv_cache: bool, offload_kv_cache: bool, negative=None) -> io.NodeOutput:
+                use_kv_cache: bool, offload_kv_cache: str, negative=None) -> io.NodeOutput:
         result, report = sample_latent(model, positive, negative, latent, sigmas, seed,
                                        guidance_scale, use_kv_cache, offload_kv_cache)
         return io.NodeOutput(result, report)

@@ -25,6 +25,7 @@ from workflow_parts import (
     VC_PROMPT,
     VRAM_480P,
     VRAM_720P,
+    VRAM_CONTINUATION,
     bsa,
     decode,
     encode,
@@ -197,10 +198,7 @@ def continuation(info: dict) -> Workflow:
               "input). Official settings: the enhance_hf schedule (56 steps), guidance 4 with "
               "the official negative, KV cache on (the conditioning frames' keys and values "
               "are computed once). The official demo resamples the input to 15 fps first.\n\n"
-              + VRAM_480P + "\n\nThe KV cache takes ~4.9 GB at 480p; `offload_kv_cache` keeps "
-              "it in CPU RAM instead (slower). Measured: 6.0 s per step in bf16 at a 48 GB budget "
-              "(peak 38.9 GiB); at 24 GB (fp8, `--lowvram`) it ran out of memory with the cache "
-              "on the GPU (with `offload_kv_cache`: not measured).", height=560)
+              + VRAM_480P + "\n\n" + VRAM_CONTINUATION, height=560)
     return wf
 
 

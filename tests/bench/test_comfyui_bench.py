@@ -51,7 +51,10 @@ def test_random_loras_target_every_block_linear(tmp_path):
     assert not torch.equal(qkv.up, load_lora_file(refine, shapes)["blocks.0.attn.qkv.weight"].up)
 
 
-@pytest.mark.parametrize("stage", list(stages.STAGES))
+SAMPLER_STAGES = [s for s, spec in stages.STAGES.items() if spec.main_node in stages.LATENT_OUTPUT]
+
+
+@pytest.mark.parametrize("stage", SAMPLER_STAGES)
 def test_stage_prompts_keep_the_workflow_shapes_and_cut_the_steps(stage):
     prompt, notes = stages.build_prompt(stage, OBJECT_INFO, "dit_fp8.safetensors", "fp8_e4m3fn",
                                         steps=3, refine_steps=2, prefix="bench/x", tiny=False)
@@ -73,6 +76,29 @@ def test_stage_prompts_keep_the_workflow_shapes_and_cut_the_steps(stage):
     main = stages.main_node_id(prompt, stage)
     saved = [n["inputs"]["samples"][0] for n in prompt.values() if n["class_type"] == "SaveLatent"]
     assert main in saved
+    assert "SaveVideo" not in kinds  # PreviewAny of the same video: the decode still runs
+    for node in prompt.values():
+        assert None not in node["inputs"].values(), node  # every widget has a value
+
+
+def test_long_segment_runs_one_segment_without_refinement():
+    prompt, notes = stages.build_prompt("long_segment", OBJECT_INFO, "dit_fp8.safetensors", "fp8_e4m3fn",
+                                        steps=3, refine_steps=2, prefix="bench/x", tiny=False)
+    video = prompt[stages.main_node_id(prompt, "long_segment")]["inputs"]
+    assert video["num_segments"] == 1 and "refine_model" not in video and "refine_prompt" not in video
+    assert prompt[video["prompts"][0]]["class_type"] == "LongCatTestTextEncode"
+    scheduler = prompt[video["t2v_sigmas"][0]]
+    assert video["vc_sigmas"] == video["t2v_sigmas"] and scheduler["inputs"]["steps"] == 3
+    assert (video["width"], video["height"], video["num_frames"], video["num_cond_frames"]) == (832, 480, 93, 13)
+
+
+def test_vae720_decodes_a_refine_sized_latent_with_stock_nodes():
+    prompt, notes = stages.build_prompt("vae720", OBJECT_INFO, "dit.safetensors", "default", steps=3,
+                                        refine_steps=2, prefix="bench/x", tiny=False)
+    by_kind = {n["class_type"]: n["inputs"] for n in prompt.values()}
+    assert by_kind["EmptyHunyuanLatentVideo"] == {"width": 1280, "height": 704, "length": 93, "batch_size": 1}
+    assert stages.main_node_id(prompt, "vae720") in [i for i, n in prompt.items() if n["class_type"] == "VAEDecode"]
+    assert all(kind in OBJECT_INFO for kind in by_kind)
 
 
 def _events():

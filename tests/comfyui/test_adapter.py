@@ -330,3 +330,66 @@ def test_rope_tables_are_freed_after_sampling(comfy_env, comfy_models):
                                         torch.tensor([1.0, 0.5, 0.0]), seed=1, guidance=1.0,
                                         use_kv_cache=False, offload_kv_cache=False)
     assert len(rope._tables) == 0
+
+
+def _continuation_latent():
+    raw = torch.zeros(1, 16, 3, 4, 8)
+    raw[:, :, :1] = torch.randn(1, 16, 1, 4, 8, generator=torch.Generator().manual_seed(3))
+    return {"samples": raw, "longcat_num_cond_latents": 1}
+
+
+def test_kv_cache_placement_auto_offloads_when_it_does_not_fit(comfy_env, comfy_models, monkeypatch):
+    """auto: the cache stays on the device while it fits the free memory ComfyUI reports, else
+    it goes to (pinned) CPU memory; the run's report says which, and the result is the same."""
+    from longcat_pack.nodes import runtime
+
+    adapter, sampling = comfy_env["model_adapter"], comfy_env["sampling"]
+    patcher = adapter.load_longcat_model(comfy_models["dit"], torch.float32)
+    conds = ([[_context(6, 1), {}]], [[_context(1, 2), {}]])
+    sigmas = torch.tensor([1.0, 0.5, 0.0])
+    run = lambda placement: sampling.sample_latent(patcher, *conds, _continuation_latent(), sigmas, seed=1,
+                                                   guidance=3.0, use_kv_cache=True,
+                                                   offload_kv_cache=placement)
+    kept, kept_report = run("auto")
+    assert "KV cache" in kept_report and "on cpu (auto" in kept_report  # the device: CPU here
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 1024)
+    offloaded, offloaded_report = run("auto")
+    assert "pinned CPU memory" in offloaded_report and "(auto" in offloaded_report
+    assert torch.equal(kept["samples"], offloaded["samples"])
+    forced, forced_report = run("gpu")
+    assert "on cpu (chosen)" in forced_report and torch.equal(forced["samples"], kept["samples"])
+
+
+def test_memory_required_is_the_calibrated_estimate(comfy_env, comfy_models):
+    """ComfyUI plans with our estimate (BSA, cache and chunking aware), not area × factor."""
+    from longcat_pack.longcat import memory
+
+    adapter = comfy_env["model_adapter"]
+    patcher = adapter.load_longcat_model(comfy_models["dit"], torch.float32)
+    dit = patcher.model.diffusion_model
+    dims = dict(hidden=dit.hidden_size, heads=dit.num_heads, ffn_hidden=dit.blocks[0].ffn.w1.out_features,
+                itemsize=4, fused=False)
+    shape = [2, 16, 6, 8, 8]
+    for kwargs, forward in (({}, dict(frames=6)), ({"bsa": True}, dict(frames=6, bsa=True)),
+                            ({"cached_frames": 2}, dict(frames=4, cached_frames=2))):
+        want = memory.forward_peak_bytes(memory.ForwardShape(batch=2, per_frame=16, **forward), **dims)
+        assert patcher.model.memory_required(shape, **kwargs) == want
+    assert patcher.model.memory_required(shape) != patcher.model.memory_required(shape, cached_frames=2)
+
+
+def test_out_of_memory_is_one_message_naming_stage_and_fixes(comfy_env, comfy_models, monkeypatch):
+    adapter, sampling = comfy_env["model_adapter"], comfy_env["sampling"]
+    patcher = adapter.load_longcat_model(comfy_models["dit"], torch.float32)
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.58 GiB")
+
+    monkeypatch.setattr(patcher.model.diffusion_model, "forward", no_memory)
+    with pytest.raises(torch.OutOfMemoryError) as err:
+        sampling.sample_latent(patcher, [[_context(), {}]], None, _continuation_latent(),
+                               torch.tensor([1.0, 0.0]), seed=1, guidance=1.0, use_kv_cache=True,
+                               offload_kv_cache="gpu")
+    message = str(err.value)
+    assert message.startswith("LongCat Sampler (64x32, 3 latent frames, batch 1, 1 cached)")
+    assert "GiB usable" in message and "offload_kv_cache to cpu" in message and "fp8" in message
+    assert "\n" not in message

@@ -99,7 +99,7 @@ def test_pool_from_raster_order(pooled_oracle):
 def test_select_slabbed_equals_one_slab(monkeypatch, cdf):
     qp, kp = torch.randn(1, 2, 11, 8), torch.randn(1, 2, 13, 8)
     whole = gating.select_blocks(qp @ kp.transpose(-1, -2), 0.75, cdf, 8)
-    monkeypatch.setattr(gating, "_SLAB_BYTES", 2 * 13 * 24 * 3)  # 3 query chunks per slab
+    monkeypatch.setattr(gating, "SLAB_BYTES", 2 * 13 * 24 * 3)  # 3 query chunks per slab
     for select in (None, topk_select_triton):
         idx, cnt = gating.select_slabbed(qp, kp, 0.75, cdf, select)
         assert torch.equal(cnt, whole[1])
@@ -146,3 +146,23 @@ def test_gating_falls_back_to_torch_topk_past_the_fused_limit():
 
     assert _fused_topk(make_layout((MAX_TOPK_KEYS, 1, 1), (1, 1, 1))) is topk_select_triton
     assert _fused_topk(make_layout((MAX_TOPK_KEYS + 1, 1, 1), (1, 1, 1))) is None
+
+
+@pytest.mark.parametrize("cdf", [None, 0.6])
+def test_raster_path_in_head_groups_equals_one_call(monkeypatch, cdf):
+    """Heads run in groups when a call's buffers would pass HEAD_GROUP_BYTES: same output,
+    same block counts (heads are independent), written into one raster output."""
+    from longcat_pack.kernels import op
+
+    gen = torch.Generator().manual_seed(6)
+    grid = (4, 8, 8)
+    q, k, v = (torch.randn(2, 4, 256, 64, generator=gen).to(torch.float16) for _ in range(3))
+    kw = {"sparsity": 0.5, "cdf_threshold": cdf, "chunk_3d_shape_q": (2, 4, 4),
+          "chunk_3d_shape_k": (2, 4, 4), "return_report": True, "backend": "triton"}
+    whole, rep = block_sparse_attention(q, k, v, grid, grid, **kw)
+    per_head = 2 * 64 * (2 * 256 * 2 + 4 * 256)
+    monkeypatch.setattr(op, "HEAD_GROUP_BYTES", 2 * per_head)
+    assert op.head_group_size(2, 4, 256, 256, 64, 2) == 2
+    grouped, rep_grouped = block_sparse_attention(q, k, v, grid, grid, **kw)
+    assert torch.equal(grouped, whole)
+    assert torch.equal(rep_grouped.blocks_per_query_chunk, rep.blocks_per_query_chunk)
