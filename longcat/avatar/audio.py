@@ -315,3 +315,44 @@ def encode_streams(model, streams: list[torch.Tensor], video_frames: int, seed: 
         raise ValueError("the audio encoder returned NaN/inf features")
     windows = frame_windows(features, recipe.stride, video_frames)
     return AvatarAudioEmbeds(windows=windows.contiguous(), version=version, fps=float(recipe.fps), masks=masks)
+
+
+def speaker_masks(speaker_1: torch.Tensor | None, speaker_2: torch.Tensor | None, others: torch.Tensor | None,
+                  two_speakers: bool) -> torch.Tensor | None:
+    """Speaker masks ``[K, H, W]`` in the official order (speaker 1, speaker 2, background =
+    1 − (m1 ∪ m2), others...), or None for two speakers without masks (the sampler then draws the
+    official default boxes on the reference image). Inputs are ComfyUI MASKs ``[B, H, W]`` or
+    ``[H, W]``; a mismatch raises one line naming the node input."""
+    given = {"speaker_1_mask": speaker_1, "speaker_2_mask": speaker_2, "others_mask": others}
+    given = {name: (m[None] if m.ndim == 2 else m).float() for name, m in given.items() if m is not None}
+    if not two_speakers:
+        if given:
+            raise ValueError(f"{next(iter(given))} is given but audio_2 is not: masks place two speakers")
+        return None
+    if not given:
+        return None
+    for name in ("speaker_1_mask", "speaker_2_mask"):
+        if name not in given:
+            raise ValueError(f"{name} is missing: give both speaker masks, or neither for the default "
+                             f"left/right halves")
+    size = tuple(given["speaker_1_mask"].shape[-2:])
+    for name, m in given.items():
+        if m.ndim != 3:
+            raise ValueError(f"{name} must be a MASK [H, W] or [B, H, W], got {tuple(m.shape)}")
+        if tuple(m.shape[-2:]) != size:
+            raise ValueError(f"{name} is {m.shape[-1]}x{m.shape[-2]} but speaker_1_mask is {size[1]}x{size[0]}: "
+                             f"draw all masks on the same reference image")
+        if name != "others_mask" and m.shape[0] != 1:
+            raise ValueError(f"{name} holds {m.shape[0]} masks; give one per speaker")
+        for i, item in enumerate(m):
+            if not bool((item > 0).any()):
+                which = f"{name}[{i}]" if name == "others_mask" else name
+                raise ValueError(f"{which} is empty: mark the person's region")
+    first, second = given["speaker_1_mask"][0], given["speaker_2_mask"][0]
+    background = ((first + second) <= 0).float()
+    if not bool(background.any()):
+        raise ValueError("speaker_1_mask and speaker_2_mask cover the whole image: leave some background")
+    rows = [first, second, background]
+    if "others_mask" in given:
+        rows += list(given["others_mask"])
+    return torch.stack(rows, 0)
