@@ -47,3 +47,45 @@ def speech_like(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
     voice = sum(np.sin(k * phase) / k for k in range(1, 8))
     envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.sin(2 * np.pi * 0.25 * t) > -0.5)
     return 0.2 * voice * envelope + 0.003 * rng.randn(t.shape[0])
+
+
+WAV2VEC2_BASE_FILE = "chinese-wav2vec2-base_random_fp16.safetensors"
+
+
+def write_server_files(models_dir: str, input_dir: str) -> None:
+    """A random full-size wav2vec2-base (what the stock AudioEncoderLoader detects as
+    chinese-wav2vec2-base, fp16, ~190 MB) and two speech-like WAVs (16 kHz mono, 44.1 kHz stereo).
+    Run with ComfyUI's Python, cwd = the ComfyUI tree."""
+    import wave
+    from pathlib import Path
+
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management probes the device
+    import comfy.ops
+    from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
+    from safetensors.torch import save_file
+
+    folder = Path(models_dir) / "audio_encoders"
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        model = Wav2Vec2Model(embed_dim=768, num_heads=12, num_layers=12, conv_norm=False, conv_bias=False,
+                              do_normalize=False, do_stable_layer_norm=False, operations=comfy.ops.manual_cast)
+    params = seeded_parameters(model, 9)
+    save_file({k: v.half() for k, v in params.items()}, str(folder / WAV2VEC2_BASE_FILE))
+    Path(input_dir).mkdir(parents=True, exist_ok=True)
+    for name, seconds, rate, channels, seed in (("speaker_1.wav", 2.0, 16000, 1, 11), ("speaker_2.wav", 3.0, 44100, 2, 12)):
+        signal = speech_like(seconds, seed=seed, rate=rate)
+        frames = np.repeat(signal[:, None], channels, 1) * [1.0, 0.5][:channels]
+        with wave.open(str(Path(input_dir) / name), "wb") as f:
+            f.setnchannels(channels)
+            f.setsampwidth(2)
+            f.setframerate(rate)
+            f.writeframes((np.clip(frames, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, ".")  # the ComfyUI tree (cwd)
+    write_server_files(sys.argv[1], sys.argv[2])

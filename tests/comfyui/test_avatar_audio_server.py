@@ -1,0 +1,100 @@
+"""LongCat Avatar Audio Embeds in a real ComfyUI server, fed by the stock LoadAudio and
+AudioEncoderLoader (a random full-size chinese-wav2vec2-base, Avatar 1.0): one speaker equals
+the recipe run in-process on the same file and clip; two speakers with mask boxes, a 44.1 kHz
+stereo second speaker and the soundtrack output; a misplaced mask fails with one line naming
+the input (needs ``COMFYUI_DIR``)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from comfy_server import comfy_python
+from longcat_pack.longcat.avatar import audio as A
+from safetensors import safe_open
+
+import tiny_audio
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def audio_server(comfy_models, comfy_server):
+    base = comfy_models["base"]
+    subprocess.run([comfy_python(), tiny_audio.__file__, str(base / "models"), str(base / "input")],
+                   cwd=comfy_models["comfyui_dir"], check=True)
+    return comfy_server
+
+
+def _prompt(name, extra=None, **embeds_inputs):
+    prompt = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": "speaker_1.wav"}},
+        "2": {"class_type": "AudioEncoderLoader", "inputs": {"audio_encoder_name": tiny_audio.WAV2VEC2_BASE_FILE}},
+        "3": {"class_type": "LongCatAvatarAudioEmbeds",
+              "inputs": {"audio_encoder": ["2", 0], "audio": ["1", 0], "video_frames": 0, "seed": 3,
+                         "multi_audio_type": "para", **embeds_inputs}},
+        "4": {"class_type": "LongCatTestAudioEmbedsSave", "inputs": {"audio_embeds": ["3", 0], "name": name}},
+        "5": {"class_type": "SaveAudio", "inputs": {"audio": ["3", 1], "filename_prefix": f"avatar_{name}"}},
+    }
+    prompt.update(extra or {})
+    return prompt
+
+
+def _saved(server, name):
+    with safe_open(str(server.base_dir / "output" / f"{name}.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def test_one_speaker_equals_the_recipe_in_process(audio_server, comfy_models):
+    audio_server.run(_prompt("single"))
+    tensors, meta = _saved(audio_server, "single")
+    assert meta == {"version": "1.0", "fps": "16.0"}
+    assert tensors["windows"].shape == (1, 93, 5, 12, 768)  # 2 s of audio → one 93-frame clip
+
+    sys.path.insert(0, comfy_models["comfyui_dir"])
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.audio_encoders.audio_encoders as encoders
+    import comfy.model_patcher  # noqa: F401  (audio_encoders uses it without importing it)
+    import comfy.utils
+    from comfy_extras.nodes_audio import load
+
+    encoder = encoders.load_audio_encoder_from_sd(comfy.utils.load_torch_file(
+        str(comfy_models["base"] / "models" / "audio_encoders" / tiny_audio.WAV2VEC2_BASE_FILE)))
+    waveform, rate = load(str(comfy_models["base"] / "input" / "speaker_1.wav"))
+    assert rate == 16000 and waveform.shape[0] == 1
+    expected = A.encode_streams(encoder.model, [waveform[0].double()], video_frames=0, seed=3)
+    torch.testing.assert_close(tensors["windows"], expected.windows, atol=1e-5, rtol=0)
+
+
+def _box(node, x, y, w, h):
+    return {f"{node}a": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 32}},
+            f"{node}b": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": w, "height": h}},
+            node: {"class_type": "MaskComposite", "inputs": {"destination": [f"{node}a", 0], "source": [f"{node}b", 0],
+                                                            "x": x, "y": y, "operation": "add"}}}
+
+
+def test_two_speakers_with_masks_and_a_stereo_44k_second_speaker(audio_server):
+    extra = {"6": {"class_type": "LoadAudio", "inputs": {"audio": "speaker_2.wav"}},
+             **_box("7", 2, 4, 24, 24), **_box("8", 36, 4, 24, 24)}
+    entry = audio_server.run(_prompt("two", extra, audio_2=["6", 0], multi_audio_type="add",
+                                     speaker_1_mask=["7", 0], speaker_2_mask=["8", 0]))
+    tensors, meta = _saved(audio_server, "two")
+    assert tensors["windows"].shape == (2, 93, 5, 12, 768)  # 2 s then 3 s (add) = 5 s → 93 frames
+    masks = tensors["masks"]
+    assert masks.shape == (3, 32, 64)
+    assert masks[0, 4:28, 2:26].min() == 1 and masks[0].sum() == 24 * 24
+    assert masks[1, 4:28, 36:60].min() == 1 and masks[1].sum() == 24 * 24
+    assert torch.equal(masks[2], 1 - masks[0] - masks[1])
+    # the two streams differ: speaker 1 talks first, speaker 2 after
+    assert not torch.allclose(tensors["windows"][0], tensors["windows"][1])
+    assert entry["outputs"]["5"]["audio"], "the soundtrack was not saved"
+
+
+def test_a_mask_without_a_second_speaker_names_the_input(audio_server):
+    prompt = _prompt("bad", _box("7", 2, 4, 24, 24), speaker_1_mask=["7", 0])
+    entry = audio_server.wait(audio_server.queue_prompt(prompt))
+    assert entry["status"]["status_str"] == "error"
+    messages = str(entry["status"]["messages"])
+    assert "speaker_1_mask is given but audio_2 is not" in messages
