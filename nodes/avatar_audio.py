@@ -62,7 +62,7 @@ class LongCatAvatarAudioEmbeds(io.ComfyNode):
         return io.Schema(
             node_id="LongCatAvatarAudioEmbeds",
             display_name="LongCat Avatar Audio Embeds",
-            category="LongCat",
+            category="LongCat/Avatar",
             description="Runs the official LongCat-Video-Avatar audio recipe with a stock audio "
                         "encoder: whisper-large-v3 → Avatar 1.5 (25 fps), chinese-wav2vec2-base → "
                         "Avatar 1.0 (16 fps). Loudness −23 LUFS, 30 s Whisper chunks (any length, "
