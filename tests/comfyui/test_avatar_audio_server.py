@@ -98,3 +98,58 @@ def test_a_mask_without_a_second_speaker_names_the_input(audio_server):
     assert entry["status"]["status_str"] == "error"
     messages = str(entry["status"]["messages"])
     assert "speaker_1_mask is given but audio_2 is not" in messages
+
+
+def _tiny_avatar_10(folder):
+    """A tiny Avatar DiT that takes Avatar 1.0 audio features (12 x 768), as an official sharded
+    folder with config.json (one shard)."""
+    import json
+
+    from longcat_pack.longcat.avatar.dit import LongCatAvatarDiT
+    from safetensors.torch import save_file
+    from tiny_models import DIT_CONFIG
+
+    torch.manual_seed(5)
+    config = {**DIT_CONFIG, "audio_block": 12, "audio_channel": 768, "intermediate_dim": 16, "output_dim": 16,
+              "context_tokens": 4}
+    state = {k: v.detach().contiguous() for k, v in LongCatAvatarDiT(**config).state_dict().items()}
+    folder.mkdir(exist_ok=True)
+    name = "diffusion_pytorch_model-00001-of-00001.safetensors"
+    save_file(state, str(folder / name))
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": dict.fromkeys(state, name)}))
+    (folder / "config.json").write_text(json.dumps({"audio_block": 12, "audio_channel": 768}))
+
+
+def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, object_info):
+    """LoadAudio → AudioEncoderLoader → LongCat Avatar Audio Embeds → LongCat Avatar Sampler →
+    VAEDecode → CreateVideo with the embeds node's soundtrack → SaveVideo, on a tiny Avatar DiT."""
+    if "LongCatAvatarSampler" not in object_info:
+        pytest.skip("LongCat Avatar Sampler is not in this tree (it comes with the avatar-model branch)")
+    _tiny_avatar_10(comfy_models["base"] / "models" / "diffusion_models" / "longcat_avatar_tiny_v10")
+    prompt = _prompt("e2e", {
+        "10": {"class_type": "LongCatAvatarModelLoader", "inputs": {"model_name": "longcat_avatar_tiny_v10/",
+                                                                    "weight_dtype": "default"}},
+        "11": {"class_type": "LongCatTestTextEncode", "inputs": {"text": "a person talks", "tokens": 6}},
+        "12": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae_random.safetensors"}},
+        "13": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 1, "color": 8421504}},
+        "14": {"class_type": "LongCatAvatarSampler", "inputs": {
+            "model": ["10", 0], "positive": ["11", 0], "audio_embeds": ["3", 0], "vae": ["12", 0], "image": ["13", 0],
+            "width": 64, "height": 32, "num_frames": 29, "schedule": "dmd", "steps": 8, "shift": 12.0,
+            "text_cfg": 1.0, "audio_cfg": 1.0, "seed": 7}},
+        "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["12", 0]}},
+        "16": {"class_type": "CreateVideo", "inputs": {"images": ["15", 0], "audio": ["3", 1], "fps": 16.0}},
+        "17": {"class_type": "SaveVideo", "inputs": {"video": ["16", 0], "filename_prefix": "avatar_e2e",
+                                                     "format": "auto", "codec": "auto"}},
+    })
+    prompt["3"]["inputs"]["video_frames"] = 29
+    entry = audio_server.run(prompt, timeout=900)
+    tensors, _ = _saved(audio_server, "e2e")
+    assert tensors["windows"].shape == (1, 29, 5, 12, 768)
+    saved = entry["outputs"]["17"]["images"][0]
+    import av
+
+    with av.open(str(audio_server.base_dir / "output" / saved.get("subfolder", "") / saved["filename"])) as f:
+        kinds = {s.type for s in f.streams}
+        frames = sum(1 for _ in f.decode(video=0))
+    assert kinds == {"video", "audio"} and frames == 29
