@@ -146,7 +146,10 @@ def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, 
     audio_server.run(prompt, timeout=900)
     tensors, _ = _saved(audio_server, "e2e")
     assert tensors["windows"].shape == (1, 29, 5, 12, 768)
-    (video,) = (audio_server.base_dir / "output").glob("avatar_e2e*.mp4")
+    outputs = sorted((audio_server.base_dir / "output").rglob("*"))
+    videos = [p for p in outputs if p.name.startswith("avatar_e2e") and p.suffix in (".mp4", ".mkv", ".webm")]
+    assert len(videos) == 1, outputs
+    video = videos[0]
     import av
 
     with av.open(str(video)) as f:

@@ -54,9 +54,8 @@ WAV2VEC2_BASE_FILE = "chinese-wav2vec2-base_random_fp16.safetensors"
 
 def write_server_files(models_dir: str, input_dir: str) -> None:
     """A random full-size wav2vec2-base (what the stock AudioEncoderLoader detects as
-    chinese-wav2vec2-base, fp16, ~190 MB) and two speech-like WAVs (16 kHz mono, 44.1 kHz stereo).
+    chinese-wav2vec2-base, fp16, ~190 MB) and two speech-like WAVs (``write_wavs``).
     Run with ComfyUI's Python, cwd = the ComfyUI tree."""
-    import wave
     from pathlib import Path
 
     import comfy.cli_args
@@ -73,6 +72,14 @@ def write_server_files(models_dir: str, input_dir: str) -> None:
                               do_normalize=False, do_stable_layer_norm=False, operations=comfy.ops.manual_cast)
     params = seeded_parameters(model, 9)
     save_file({k: v.half() for k, v in params.items()}, str(folder / WAV2VEC2_BASE_FILE))
+    write_wavs(input_dir)
+
+
+def write_wavs(input_dir: str) -> None:
+    """speaker_1.wav (2 s, 16 kHz mono) and speaker_2.wav (3 s, 44.1 kHz stereo), speech-like."""
+    import wave
+    from pathlib import Path
+
     Path(input_dir).mkdir(parents=True, exist_ok=True)
     for name, seconds, rate, channels, seed in (("speaker_1.wav", 2.0, 16000, 1, 11), ("speaker_2.wav", 3.0, 44100, 2, 12)):
         signal = speech_like(seconds, seed=seed, rate=rate)
