@@ -89,7 +89,15 @@ def test_two_speakers_with_masks_and_a_stereo_44k_second_speaker(audio_server):
     assert torch.equal(masks[2], 1 - masks[0] - masks[1])
     # the two streams differ: speaker 1 talks first, speaker 2 after
     assert not torch.allclose(tensors["windows"][0], tensors["windows"][1])
-    assert entry["outputs"]["5"]["audio"], "the soundtrack was not saved"
+    # the soundtrack: speaker 1 (16 kHz mono) then speaker 2 (44.1 kHz stereo, resampled), in
+    # stereo at speaker 1's rate, cut to the video: 93 frames at 16 fps = 5.8125 s = 93000 samples
+    import av
+
+    saved = entry["outputs"]["5"]["audio"][0]
+    with av.open(str(audio_server.base_dir / "output" / saved["subfolder"] / saved["filename"])) as f:
+        stream = f.streams.audio[0]
+        assert (stream.rate, stream.channels) == (16000, 2)
+        assert sum(frame.samples for frame in f.decode(stream)) == 93000
 
 
 def test_a_mask_without_a_second_speaker_names_the_input(audio_server):
@@ -140,7 +148,7 @@ def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, 
         "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["12", 0]}},
         "16": {"class_type": "CreateVideo", "inputs": {"images": ["15", 0], "audio": ["3", 1], "fps": 16.0}},
         "17": {"class_type": "SaveVideo", "inputs": {"video": ["16", 0], "filename_prefix": "avatar_e2e",
-                                                     "format": "auto", "codec": "auto"}},
+                                                     "format": "auto", "format.codec": "auto"}},
     })
     prompt["3"]["inputs"]["video_frames"] = 29
     audio_server.run(prompt, timeout=900)
