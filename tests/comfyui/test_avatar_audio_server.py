@@ -135,6 +135,8 @@ def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, 
     if "LongCatAvatarSampler" not in object_info:
         pytest.skip("LongCat Avatar Sampler is not in this tree (it comes with the avatar-model branch)")
     _tiny_avatar_10(comfy_models["base"] / "models" / "diffusion_models" / "longcat_avatar_tiny_v10")
+    # SaveVideo's codec is a plain combo up to ComfyUI 0.8 and nested under format in 0.33
+    codec = "codec" if "codec" in object_info["SaveVideo"]["input"]["required"] else "format.codec"
     prompt = _prompt("e2e", {
         "10": {"class_type": "LongCatAvatarModelLoader", "inputs": {"model_name": "longcat_avatar_tiny_v10/",
                                                                     "weight_dtype": "default"}},
@@ -148,7 +150,7 @@ def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, 
         "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["12", 0]}},
         "16": {"class_type": "CreateVideo", "inputs": {"images": ["15", 0], "audio": ["3", 1], "fps": 16.0}},
         "17": {"class_type": "SaveVideo", "inputs": {"video": ["16", 0], "filename_prefix": "avatar_e2e",
-                                                     "format": "auto", "format.codec": "auto"}},
+                                                     "format": "auto", codec: "auto"}},
     })
     prompt["3"]["inputs"]["video_frames"] = 29
     audio_server.run(prompt, timeout=900)
