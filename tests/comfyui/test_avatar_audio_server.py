@@ -137,6 +137,8 @@ def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, 
     _tiny_avatar_10(comfy_models["base"] / "models" / "diffusion_models" / "longcat_avatar_tiny_v10")
     # SaveVideo's codec is a plain combo up to ComfyUI 0.8 and nested under format in 0.33
     codec = "codec" if "codec" in object_info["SaveVideo"]["input"]["required"] else "format.codec"
+    create_inputs = {**object_info["CreateVideo"]["input"]["required"], **object_info["CreateVideo"]["input"].get("optional", {})}
+    bit_depth = {"bit_depth": 8} if "bit_depth" in create_inputs else {}  # 0.33 adds it
     prompt = _prompt("e2e", {
         "10": {"class_type": "LongCatAvatarModelLoader", "inputs": {"model_name": "longcat_avatar_tiny_v10/",
                                                                     "weight_dtype": "default"}},
@@ -148,12 +150,16 @@ def test_stock_audio_nodes_drive_the_avatar_sampler(audio_server, comfy_models, 
             "width": 64, "height": 32, "num_frames": 29, "schedule": "dmd", "steps": 8, "shift": 12.0,
             "text_cfg": 1.0, "audio_cfg": 1.0, "seed": 7}},
         "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["12", 0]}},
-        "16": {"class_type": "CreateVideo", "inputs": {"images": ["15", 0], "audio": ["3", 1], "fps": 16.0}},
+        "16": {"class_type": "CreateVideo", "inputs": {"images": ["15", 0], "audio": ["3", 1], "fps": 16.0,
+                                                       **bit_depth}},
         "17": {"class_type": "SaveVideo", "inputs": {"video": ["16", 0], "filename_prefix": "avatar_e2e",
                                                      "format": "auto", codec: "auto"}},
     })
     prompt["3"]["inputs"]["video_frames"] = 29
-    audio_server.run(prompt, timeout=900)
+    status, body = audio_server.post("/prompt", {"prompt": prompt, "client_id": "avatar-audio"})
+    assert status == 200 and not body.get("node_errors"), body
+    entry = audio_server.wait(body["prompt_id"], timeout=900)
+    assert entry["status"]["status_str"] == "success", entry["status"]
     tensors, _ = _saved(audio_server, "e2e")
     assert tensors["windows"].shape == (1, 29, 5, 12, 768)
     outputs = sorted((audio_server.base_dir / "output").rglob("*"))
