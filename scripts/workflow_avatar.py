@@ -35,7 +35,7 @@ INT8 copy), so this loader has no download button. Put (or symlink) the folder u
 --local-dir models/diffusion_models/LongCat-Video-Avatar-1.5`
 
 The DMD LoRA (8 steps, guidance 1), umT5, the Wan 2.1 VAE and whisper-large-v3 download from
-this workflow's missing-models panel. See `docs/avatar.md`."""
+this workflow's missing-models panel. See `docs/avatar.md` and `docs/avatar_audio.md`."""
 
 AUDIO_NOTE = """## Audio
 

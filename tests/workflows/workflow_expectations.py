@@ -244,7 +244,7 @@ EXPECTED = {
 }
 
 
-# LongCat-Video-Avatar 1.5 (docs/avatar.md): DMD LoRA, 8 steps, text and audio guidance 1,
+# LongCat-Video-Avatar 1.5 (docs/avatar_audio.md): DMD LoRA, 8 steps, text and audio guidance 1,
 # 832x480x93 at 25 fps; whisper-large-v3 through the stock AudioEncoderLoader; the soundtrack
 # from the audio embeds node under the video; continuation with ref_index 10 / range 3.
 AVATAR_SAMPLE = {"schedule": "dmd", "text_cfg": 1.0, "audio_cfg": 1.0, "seed": 42}
