@@ -45,6 +45,11 @@ MEDIA_FILE_INPUTS = {"LoadImage": {"image"}, "LoadVideo": {"file"}}
 NO_DOWNLOAD = {("LongCatModelLoader", "model_name")}
 MODEL_DIRECTORIES = frozenset({"diffusion_models", "loras", "text_encoders", "vae"})
 HF_PREFIX = "https://huggingface.co/"
+# Avatar: the stock audio loaders; the Avatar DiT ships as a sharded folder (link in its note).
+MODEL_FILE_INPUTS.update({"AudioEncoderLoader": {"audio_encoder_name"}, "LongCatAvatarModelLoader": {"model_name"}})
+MEDIA_FILE_INPUTS.update({"LoadAudio": {"audio"}})
+NO_DOWNLOAD |= {("LongCatAvatarModelLoader", "model_name")}
+MODEL_DIRECTORIES |= {"audio_encoders"}
 
 
 def load_json(path: Path) -> dict:

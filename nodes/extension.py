@@ -18,6 +18,7 @@ from . import (
     testing,
 )
 from .bsa_widgets import startup_kernel_note
+from . import avatar_audio, testing_audio
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class LongCatExtension(ComfyExtension):
                  *refinement.NODES, *long_video.NODES, *multigpu.NODES, *avatar.NODES]
         if os.environ.get(testing.TEST_NODES_ENV) == "1":
             nodes += testing.NODES
+        nodes += avatar_audio.NODES
+        if os.environ.get(testing.TEST_NODES_ENV) == "1":
+            nodes += testing_audio.NODES
         device = comfy.model_management.get_torch_device()  # the CPU under --cpu
         log.info("LongCat-Video: %d nodes; %s", len(nodes), startup_kernel_note(device))
         return nodes

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workflow_avatar import AVATAR_WORKFLOWS
 from workflow_builder import Column, Workflow
 from workflow_parts import (
     CFG_LORA,
@@ -290,6 +291,7 @@ WORKFLOWS = {
     "longcat_long_video_multi_prompt.json": long_video,
     "longcat_bsa_on_off_comparison.json": bsa_comparison,
 }
+WORKFLOWS.update(AVATAR_WORKFLOWS)
 
 
 def render(name: str, info: dict) -> str:

@@ -27,6 +27,7 @@ STOCK_NODES = (
     "TorchCompileModel", "ImageScale", "ImageFromBatch", "ConditioningCombine",
     "ConditioningZeroOut", "PreviewAny", "PrimitiveString", "PrimitiveInt",
 )
+STOCK_NODES += ("LoadAudio", "AudioEncoderLoader", "ImageBatch")  # the Avatar workflows
 OUT = ROOT / "tests" / "data" / "object_info.json"
 
 

@@ -22,6 +22,7 @@ OUR_NODES = {"LongCatModelLoader", "LongCatLoRA", "LongCatBSASettings", "LongCat
              "LongCatAvatarExtend"}
 STAGE1 = {"width": 64, "height": 32}  # latent 4x8, token grid 2x4
 REFINE = {"width": 128, "height": 64}  # multiples of 64: token grid 4x8, BSA chunk 4x4x4 fits
+OUR_NODES |= {"LongCatAvatarAudioEmbeds"}
 
 
 def test_pack_imports_without_error(comfy_server, object_info):

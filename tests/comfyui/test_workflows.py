@@ -27,6 +27,7 @@ pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 LOADERS = {"CLIPLoader", "VAELoader", "LongCatModelLoader", "LongCatLoRA"}
+LOADERS |= {"LongCatAvatarModelLoader", "AudioEncoderLoader"}  # the Avatar workflows
 STAGE1 = {"width": 64, "height": 32, "length": 9}  # latent 3x4x8
 REFINE = {"width": 128, "height": 64}  # multiples of 64; 2x frames -> 18
 IMAGE_FILE, VIDEO_FILE = "example.png", "input_video.mp4"
@@ -85,11 +86,23 @@ def stand_ins(comfy_server):
     inputs = comfy_server.base_dir / "input"
     inputs.mkdir(exist_ok=True)
     subprocess.run([comfy_python(), "-c", MAKE_MEDIA, str(inputs)], check=True)
+    _avatar_stand_ins(models, inputs)
     return comfy_server
 
 
+def _avatar_stand_ins(models: Path, inputs: Path) -> None:
+    """The Avatar workflows' DiT folder (an empty official index, so the loader lists it) and
+    their speech files."""
+    import tiny_audio
+
+    folder = models / "diffusion_models" / "LongCat-Video-Avatar-1.5" / "base_model"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "diffusion_pytorch_model.safetensors.index.json").touch()
+    tiny_audio.write_wavs(str(inputs))
+
+
 def test_bundled_workflows_found():
-    assert len(WORKFLOWS) == 7, f"expected 7 bundled workflows, found {[p.name for p in WORKFLOWS]}"
+    assert len(WORKFLOWS) == 7 + 3, f"expected 10 bundled workflows, found {[p.name for p in WORKFLOWS]}"
 
 
 def test_workflows_served_as_templates(comfy_server):

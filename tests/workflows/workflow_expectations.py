@@ -242,3 +242,85 @@ EXPECTED = {
     "longcat_long_video_multi_prompt.json": long_video,
     "longcat_bsa_on_off_comparison.json": bsa_comparison,
 }
+
+
+# LongCat-Video-Avatar 1.5 (docs/avatar_audio.md): DMD LoRA, 8 steps, text and audio guidance 1,
+# 832x480x93 at 25 fps; whisper-large-v3 through the stock AudioEncoderLoader; the soundtrack
+# from the audio embeds node under the video; continuation with ref_index 10 / range 3.
+AVATAR_SAMPLE = {"schedule": "dmd", "text_cfg": 1.0, "audio_cfg": 1.0, "seed": 42}
+
+
+def _avatar_common(g: Graph, streams: int, video_frames: int, problems: list) -> dict | None:
+    embeds = _one(g, "LongCatAvatarAudioEmbeds", problems)
+    if not embeds:
+        return None
+    node = embeds[0]
+    problems += _expect(f"audio embeds {node['id']}", g.widgets(node), {"video_frames": video_frames})
+    encoder = g.source(node, "audio_encoder")
+    if encoder is None or encoder["type"] != "AudioEncoderLoader" or "whisper" not in g.widgets(encoder)["audio_encoder_name"]:
+        problems.append("audio embeds: audio_encoder is not whisper-large-v3 from AudioEncoderLoader")
+    for name in ("audio", "audio_2")[:streams]:
+        source = g.source(node, name)
+        if source is None or source["type"] != "LoadAudio":
+            problems.append(f"audio embeds: {name} is not from LoadAudio")
+    if streams == 1 and g.source(node, "audio_2") is not None:
+        problems.append("audio embeds: a second speaker is connected in a one-speaker workflow")
+    for video in g.of_type("CreateVideo"):
+        if g.source(video, "audio") is not node:
+            problems.append(f"CreateVideo {video['id']}: the soundtrack is not the audio embeds node's audio")
+    _check_output(g, 25.0, problems)
+    return node
+
+
+def _avatar_sampler(g: Graph, embeds: dict, problems: list) -> None:
+    for sampler in _one(g, "LongCatAvatarSampler", problems):
+        problems += _expect(f"avatar sampler {sampler['id']}", g.widgets(sampler),
+                            {**STAGE1, "num_frames": 93, **AVATAR_SAMPLE})
+        if g.source(sampler, "audio_embeds") is not embeds:
+            problems.append("avatar sampler: audio_embeds is not from the audio embeds node")
+        if g.source(sampler, "image") is None:
+            problems.append("avatar sampler: no reference image")
+        if _loras(g, sampler) != ["dmd_lora.safetensors"]:
+            problems.append(f"avatar sampler: LoRAs upstream {_loras(g, sampler)}, expected the DMD LoRA")
+
+
+def avatar_single(g: Graph) -> list[str]:
+    problems = []
+    embeds = _avatar_common(g, 1, 93, problems)
+    if embeds is not None:
+        _avatar_sampler(g, embeds, problems)
+    return problems
+
+
+def avatar_two(g: Graph) -> list[str]:
+    problems = []
+    embeds = _avatar_common(g, 2, 93, problems)
+    if embeds is not None:
+        _avatar_sampler(g, embeds, problems)
+    return problems
+
+
+def avatar_long(g: Graph) -> list[str]:
+    problems = []
+    extends = g.of_type("LongCatAvatarExtend")
+    embeds = _avatar_common(g, 1, 93 + 80 * len(extends), problems)
+    if embeds is None:
+        return problems
+    _avatar_sampler(g, embeds, problems)
+    if len(extends) < 1:
+        problems.append("long avatar video: no LongCat Avatar Extend")
+    for node in extends:
+        problems += _expect(f"avatar extend {node['id']}", g.widgets(node),
+                            {**AVATAR_SAMPLE, "ref_index": 10, "mask_frame_range": 3, "use_kv_cache": True})
+        if g.source(node, "previous_latent") is None or g.source(node, "previous_images") is None:
+            problems.append(f"avatar extend {node['id']}: previous segment not connected")
+        if _loras(g, node) != ["dmd_lora.safetensors"]:
+            problems.append(f"avatar extend {node['id']}: no DMD LoRA upstream")
+    return problems
+
+
+EXPECTED.update({
+    "longcat_avatar_1.5_single_speaker_dmd.json": avatar_single,
+    "longcat_avatar_1.5_two_speakers_dmd.json": avatar_two,
+    "longcat_avatar_1.5_long_video_extend.json": avatar_long,
+})
