@@ -45,7 +45,10 @@ def node_info_changes(recorded, live, where: str = "") -> list[str]:
     if isinstance(recorded, list) and isinstance(live, list) and len(recorded) == len(live):
         return [problem for i, (a, b) in enumerate(zip(recorded, live))
                 for problem in node_info_changes(a, b, f"{where}[{i}]")]
-    return [] if recorded == live else [f"{where}: recorded {recorded!r}, now {live!r}"]
+    unset = lambda v: v is None or (isinstance(v, (str, list, dict)) and not v)  # noqa: E731
+    if recorded == live or (unset(recorded) and unset(live)):
+        return []  # e.g. search_aliases recorded None, now [] (both mean unset)
+    return [f"{where}: recorded {recorded!r}, now {live!r}"]
 
 
 def widget_changes(node: dict, loaded_values: list, loaded_names: list, info: dict | None) -> str | None:
