@@ -26,6 +26,11 @@ def is_comfy_default(value) -> bool:
     return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)
 
 
+def _unset(value) -> bool:
+    """None or an empty string/list/dict (not False: a False default is a value)."""
+    return value is None or (isinstance(value, (str, list, dict)) and not value)
+
+
 def node_info_changes(recorded, live, where: str = "") -> list[str]:
     """Differences between a recorded and a live ``/object_info`` entry that are not fields a
     newer ComfyUI added (or dropped) at their default value; empty when they agree."""
@@ -45,7 +50,9 @@ def node_info_changes(recorded, live, where: str = "") -> list[str]:
     if isinstance(recorded, list) and isinstance(live, list) and len(recorded) == len(live):
         return [problem for i, (a, b) in enumerate(zip(recorded, live))
                 for problem in node_info_changes(a, b, f"{where}[{i}]")]
-    return [] if recorded == live else [f"{where}: recorded {recorded!r}, now {live!r}"]
+    if recorded == live or (_unset(recorded) and _unset(live)):
+        return []  # e.g. search_aliases recorded None, now [] (both mean unset)
+    return [f"{where}: recorded {recorded!r}, now {live!r}"]
 
 
 def widget_changes(node: dict, loaded_values: list, loaded_names: list, info: dict | None) -> str | None:
