@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_avatar import AVATAR_WORKFLOWS
 from workflow_builder import Column, Workflow
 from workflow_parts import (
-    CFG_LORA,
+    DISTILL_LORA,
     I2V_PROMPT,
     NEGATIVE,
     PROMPT,
@@ -90,24 +90,25 @@ def t2v_480p(info: dict) -> Workflow:
 def t2v_distill(info: dict) -> Workflow:
     wf, models, (pos,) = _start(info, "Positive prompt")
     s = Column(960)
-    distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
+    distill = lora(wf, s, models["dit"], DISTILL_LORA, "Distill LoRA (16 steps)")
     latent = _empty_latent(wf, s)
     sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0)
     wf.group("Distilled: 16 steps, cfg 1", [distill, latent, sampler])
     _decode_and_save(wf, sampler, models["vae"], "LongCat/t2v_480p_distill")
     vram_note(wf, (-520, 0), "LongCat-Video text-to-video, distilled (16 steps)",
-              "The official distilled recipe: `cfg_step_lora` at strength 1, the 16-step distill "
+              "The official distilled recipe: the distill LoRA (official `cfg_step_lora`) at "
+              "strength 1, the 16-step distill "
               "schedule, guidance 1.0 and no negative prompt (one DiT pass per step, ~6× "
               "fewer passes than the 50-step workflow). 480×832, 93 frames, seed 42.\n\n"
-              + VRAM_480P + "\n\nThe LoRA file is reported at 2.5–3.2 GB (fp32); ComfyUI patches it into "
+              + VRAM_480P + "\n\nThe distill LoRA file is about 1.3 GB (bf16); ComfyUI patches it into "
               "the DiT weights.")
     return wf
 
 
 def _distilled_stage1(wf: Workflow, models: dict, pos, make_latent=_empty_latent):
-    """Stage 1 of the refine workflows: cfg_step_lora, 16 steps, guidance 1; returns IMAGE."""
+    """Stage 1 of the refine workflows: distill LoRA, 16 steps, guidance 1; returns IMAGE."""
     s = Column(960)
-    distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
+    distill = lora(wf, s, models["dit"], DISTILL_LORA, "Distill LoRA (16 steps)")
     latent = make_latent(wf, s)
     sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0, title="Stage 1 sampler")
     wf.group("Stage 1: 480p, 16 steps", [distill, latent, sampler])
@@ -119,7 +120,7 @@ def _refine_stage(wf: Workflow, models: dict, pos, images, prefix: str, x: float
                   y: float = 860, num_cond_frames: int = 0):
     """Stage 2 in a row below stage 1: refinement LoRA + BSA, refine node, report, save."""
     r = Column(x, y)
-    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "Refinement LoRA")
     sparse = bsa(wf, r, refine_model)
     wf.group("Stage 2 model: LoRA + BSA", [refine_model, sparse])
     c = Column(x + 480, y)
@@ -136,8 +137,8 @@ def t2v_refine(info: dict) -> Workflow:
     images = _distilled_stage1(wf, models, pos)
     _refine_stage(wf, models, pos, images, "LongCat/t2v_720p")
     vram_note(wf, (-520, 0), "Text-to-video, then refine to 720p with BSA",
-              "The official two-stage recipe. Stage 1: distilled 480p (cfg_step_lora, 16 steps, "
-              "guidance 1). Stage 2: `refinement_lora` plus block-sparse attention (published "
+              "The official two-stage recipe. Stage 1: distilled 480p (distill LoRA, 16 steps, "
+              "guidance 1). Stage 2: the refinement LoRA plus block-sparse attention (published "
               "setting: sparsity 0.9375, 4×4×4 chunks) upsamples to 704×1280 and 2× frames "
               "(186 frames, 30 fps), re-encodes, noises to t_thresh 0.5 and denoises 5 steps "
               "without CFG. Both stages branch from the same loaded DiT; the LoRA nodes patch "
@@ -223,7 +224,7 @@ def long_video(info: dict) -> Workflow:
         chain.append(node)
     wf.group("Chain the prompts", chain)
     r = Column(960, 520)
-    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "Refinement LoRA")
     sparse = bsa(wf, r, refine_model)
     wf.group("Refinement model: LoRA + BSA", [refine_model, sparse])
     g = Column(1440)
@@ -257,7 +258,7 @@ def bsa_comparison(info: dict) -> Workflow:
     wf, models, (pos,) = _start(info, "Prompt (both stages)")
     images = _distilled_stage1(wf, models, pos)
     r = Column(960, 860)
-    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "Refinement LoRA")
     on = bsa(wf, r, refine_model, enable=True)
     off = bsa(wf, r, refine_model, enable=False)
     wf.group("Refinement LoRA, BSA on / off", [refine_model, on, off])

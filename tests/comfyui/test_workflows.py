@@ -81,8 +81,6 @@ def stand_ins(comfy_server):
                 target = models / model["directory"] / model["name"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.touch()
-    dit = models / "diffusion_models" / "longcat_video_dit_bf16.safetensors"
-    dit.touch()
     inputs = comfy_server.base_dir / "input"
     inputs.mkdir(exist_ok=True)
     subprocess.run([comfy_python(), "-c", MAKE_MEDIA, str(inputs)], check=True)
