@@ -18,6 +18,7 @@ from workflow_builder import Column, Workflow
 from workflow_parts import (
     DISTILL_LORA,
     I2V_PROMPT,
+    INPUT_VIDEO,
     NEGATIVE,
     PROMPT,
     REFINE_LORA,
@@ -181,26 +182,33 @@ def continuation(info: dict) -> Workflow:
     p = Column(460)
     pos = encode(wf, p, models["clip"], VC_PROMPT, "Positive prompt")
     neg = encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)", negative=True)
-    video = p.push(wf.add("LoadVideo", p.next(), {"file": "input_video.mp4"}, width=420,
-                          title="Video to continue (15 fps)"))
+    video = p.push(wf.add("LoadVideo", p.next(), {"file": INPUT_VIDEO}, width=420,
+                          title="Video to continue (file in ComfyUI/input/)"))
     parts = p.push(wf.add("GetVideoComponents", p.next()))
     wf.link(video, parts, "video")
     wf.group("Prompt and input video", [pos, neg, video, parts])
     s = Column(960)
     latent = s.push(wf.add("LongCatContinueVideo", s.next(),
-                           {"num_cond_frames": 13, "width": 832, "height": 480, "length": 93}))
+                           {"num_cond_frames": 13, "width": 832, "height": 480, "length": 93,
+                            "target_fps": 15.0}))
     wf.link(models["vae"], latent, "vae")
     wf.link(parts.out("images"), latent, "video")
+    wf.link(parts.out("fps"), latent, "video_fps")
     sampler = sample(wf, s, models["dit"], pos, latent, "enhance_hf", 50, 4.0, negative=neg)
     wf.group("Continue: 13 cond frames", [latent, sampler])
     _decode_and_save(wf, sampler, models["vae"], "LongCat/continuation")
     vram_note(wf, (-520, 0), "Video continuation",
-              "The last 13 frames of the input video (4 latent frames) are encoded as clean "
-              "conditioning; 80 new frames follow (93 in all, the first 13 reproduce the "
-              "input). Official settings: the enhance_hf schedule (56 steps), guidance 4 with "
-              "the official negative, KV cache on (the conditioning frames' keys and values "
-              "are computed once). The official demo resamples the input to 15 fps first.\n\n"
-              + VRAM_480P + "\n\n" + VRAM_CONTINUATION, height=560)
+              "**Input video**: put an .mp4 (any frame rate, at least ~1 s) in "
+              "`ComfyUI/input/` as `input_video.mp4`, or click *choose video to upload* on "
+              "the Load Video node and pick it there. Get Video Components passes its frames "
+              "and frame rate to LongCat Continue Video, which first resamples it to 15 fps as "
+              "the official demo does (keeps every round(fps / 15)-th frame: 30 fps → every "
+              "2nd), then encodes the last 13 frames (4 latent frames) as clean conditioning "
+              "at 480×832. 80 new frames follow (93 in all, the first 13 reproduce the input), "
+              "saved at 15 fps.\n\nOfficial settings: the enhance_hf schedule (56 steps), "
+              "guidance 4 with the official negative, KV cache on (the conditioning frames' "
+              "keys and values are computed once).\n\n"
+              + VRAM_480P + "\n\n" + VRAM_CONTINUATION, height=700)
     return wf
 
 

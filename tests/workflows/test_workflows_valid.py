@@ -157,6 +157,16 @@ def test_expectations_catch_wrong_defaults(object_info):
     sched = next(n for n in steps["nodes"] if n["type"] == "LongCatScheduler")
     sched["widgets_values"][1] = 20
     assert any("steps" in p for p in wx.t2v_refine(wx.Graph(steps, object_info)))
+    unresampled = wc.load_json(ROOT / "workflows" / "longcat_video_continuation.json")
+    assert not wx.continuation(wx.Graph(unresampled, object_info))
+    target = next(n for n in unresampled["nodes"] if n["type"] == "LongCatContinueVideo")
+    target["widgets_values"][-1] = 30.0
+    link = next(e["link"] for e in target["inputs"] if e["name"] == "video_fps")
+    target["inputs"] = [dict(e, link=None) if e["name"] == "video_fps" else e
+                        for e in target["inputs"]]
+    unresampled["links"] = [lk for lk in unresampled["links"] if lk[0] != link]
+    problems = wx.continuation(wx.Graph(unresampled, object_info))
+    assert any("video_fps" in p for p in problems) and any("target_fps" in p for p in problems)
     dense = json.loads(json.dumps(workflow))
     bsa = next(n for n in dense["nodes"] if n["type"] == "LongCatBSASettings")
     bsa["widgets_values"][0] = False

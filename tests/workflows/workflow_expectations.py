@@ -196,6 +196,13 @@ def continuation(g: Graph) -> list[str]:
             problems.append("continuation: num_cond_frames must be 13")
         if latent and not g.upstream(latent, "video", "LoadVideo"):
             problems.append("continuation: the video does not come from LoadVideo")
+        # The official demo resamples the input to 15 fps before taking the conditioning frames.
+        fps = g.source(latent, "video_fps") if latent else None
+        if fps is None or fps["type"] != "GetVideoComponents" or not g.upstream(
+                fps, "video", "LoadVideo"):
+            problems.append("continuation: video_fps is not the loaded video's frame rate")
+        if latent and g.widgets(latent)["target_fps"] != 15.0:
+            problems.append("continuation: target_fps must be 15 (official)")
     _check_output(g, 15.0, problems)
     return problems
 
