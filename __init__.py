@@ -3,15 +3,17 @@
 Imports nothing at module level: ComfyUI, torch and triton are imported only when ComfyUI asks
 for the node list, so the pack loads (and tests import it) without a GPU or Triton.
 
-The nodes are V3 nodes, listed by ``comfy_entrypoint``; ComfyUI loads those since 0.3.48. An
-older ComfyUI would skip the pack with a message about NODE_CLASS_MAPPINGS, so there the pack
-says in one log line which version it needs and registers no nodes.
+The nodes are V3 nodes, listed by ``comfy_entrypoint`` (ComfyUI loads those since 0.3.48), and
+the DiT passes ``transformer_options`` to ComfyUI's attention functions (accepted since 0.3.60;
+0.3.48 fails there mid-sampling). On an older ComfyUI the pack says in one log line which
+version it needs and registers no nodes (instead of ComfyUI's "Skip ... NODE_CLASS_MAPPINGS"
+warning, or an error in the middle of a run).
 """
 
 import logging
 import sys
 
-MIN_COMFYUI = (0, 3, 48)  # first release whose custom-node loader calls ``comfy_entrypoint``
+MIN_COMFYUI = (0, 3, 60)  # first release that runs the pack (tested; 0.3.48 loads it but fails)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -36,7 +38,7 @@ def comfyui_too_old() -> str | None:
 _too_old = comfyui_too_old()
 if _too_old:
     logging.getLogger(__name__).error(
-        "LongCat-Video needs ComfyUI %s or newer (V3 nodes); this is ComfyUI %s: update ComfyUI "
+        "LongCat-Video needs ComfyUI %s or newer; this is ComfyUI %s: update ComfyUI "
         "and restart. No LongCat nodes were loaded.", ".".join(map(str, MIN_COMFYUI)), _too_old)
     NODE_CLASS_MAPPINGS = {}  # a V1 pack with no nodes: ComfyUI adds no "Skip ..." warning
 else:

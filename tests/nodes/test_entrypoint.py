@@ -39,18 +39,18 @@ def _import(version, inside=True) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("version", ["0.3.48", "0.3.64", "0.8.0", "0.33.0", "v1.0.0"])
+@pytest.mark.parametrize("version", ["0.3.60", "0.3.64", "0.8.0", "0.33.0", "v1.0.0"])
 def test_supported_comfyui_gets_the_v3_entrypoint(version):
     result = _import(version)
     assert result == {"entrypoint": True, "mappings": None, "log": [], "heavy": []}
 
 
-@pytest.mark.parametrize("version, shown", [("0.3.47", "0.3.47"), ("0.3.9", "0.3.9"),
+@pytest.mark.parametrize("version, shown", [("0.3.59", "0.3.59"), ("0.3.47", "0.3.47"), ("0.3.9", "0.3.9"),
                                             (None, "older than 0.3.11")])
 def test_older_comfyui_gets_one_clear_line_and_no_nodes(version, shown):
     result = _import(version)
     assert not result["entrypoint"] and result["mappings"] == {}
-    assert result["log"] == [["ERROR", f"LongCat-Video needs ComfyUI 0.3.48 or newer (V3 nodes); "
+    assert result["log"] == [["ERROR", f"LongCat-Video needs ComfyUI 0.3.60 or newer; "
                                        f"this is ComfyUI {shown}: update ComfyUI and restart. "
                                        "No LongCat nodes were loaded."]]
 
@@ -58,3 +58,14 @@ def test_older_comfyui_gets_one_clear_line_and_no_nodes(version, shown):
 def test_outside_comfyui_the_pack_imports_quietly():
     assert _import(None, inside=False) == {"entrypoint": True, "mappings": None, "log": [],
                                            "heavy": []}
+
+
+def test_minimum_version_is_stated_once_everywhere():
+    """pyproject's requires-comfyui (registry, Manager) and the README say what __init__ checks."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    from longcat_pack import MIN_COMFYUI
+
+    minimum = ".".join(map(str, MIN_COMFYUI))
+    comfy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
+    assert comfy["requires-comfyui"] == f">={minimum}"
+    assert f"Needs ComfyUI {minimum} or newer" in (ROOT / "README.md").read_text()
