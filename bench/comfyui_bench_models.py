@@ -7,9 +7,10 @@
   weights, bf16 for the rest), so the fp8 file is exactly what ``scripts/convert_longcat.py
   --dtype fp8_e4m3fn`` makes of the bf16 file. Each tensor comes from its own seeded generator,
   so either file can be written alone and the two always hold the same model.
-* ``cfg_step_lora.safetensors`` and ``refinement_lora.safetensors``: official-format LoRAs
-  (split up-projections for qkv / kv_linear, ``alpha_scale`` 0.5) on the 10 Linears of every
-  block, rank 128 in bf16 (about the size of the published LoRAs converted to bf16).
+* The distill and refinement LoRAs under the names the bundled workflows load (Kijai's files):
+  official-format LoRAs (split up-projections for qkv / kv_linear, ``alpha_scale`` 0.5) on the
+  10 Linears of every block, rank 128 in bf16 (about the size of the published LoRAs converted
+  to bf16); the loader reads both layouts through the same path.
 * The random full-size Wan 2.1 VAE of the real-ComfyUI tests (``harness/tiny_models.py``).
 * ``input/input_video.mp4``: the clip the continuation workflow loads.
 
@@ -46,7 +47,8 @@ from longcat_pack.longcat.weights import TensorInfo, cast_tensor, plan_tensors
 DIT_FILES = {"bf16": "longcat_video_dit_bf16.safetensors",
              "fp8": "longcat_video_dit_fp8_e4m3fn.safetensors"}
 DIT_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-LORA_FILES = ("cfg_step_lora.safetensors", "refinement_lora.safetensors")
+LORA_FILES = ("LongCat_distill_lora_alpha64_bf16.safetensors",
+              "LongCat_refinement_lora_rank128_bf16.safetensors")
 VAE_FILE = "wan_2.1_vae.safetensors"
 VIDEO_FILE = "input_video.mp4"
 LORA_RANK, TINY_LORA_RANK, LORA_ALPHA_SCALE = 128, 4, 0.5

@@ -19,6 +19,7 @@ selected option adds widgets named ``format.codec``, ...).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 OUR_PREFIX = "LongCat"
@@ -40,11 +41,14 @@ MODEL_FILE_INPUTS = {
 }
 # Combo widgets that list files in ComfyUI's input/ folder (any file name is accepted here).
 MEDIA_FILE_INPUTS = {"LoadImage": {"image"}, "LoadVideo": {"file"}}
-# The LongCat DiT has no official single-file download (the release ships fp32 shards that the
-# loader reads as a folder or our converter merges), so the loader's note gives the link instead.
-NO_DOWNLOAD = {("LongCatModelLoader", "model_name")}
 MODEL_DIRECTORIES = frozenset({"diffusion_models", "loras", "text_encoders", "vae"})
 HF_PREFIX = "https://huggingface.co/"
+# Model files with no single-file download; their loader's note gives the link instead.
+NO_DOWNLOAD: set[tuple[str, str]] = set()
+# A direct download of one file: https://huggingface.co/<owner>/<repo>/resolve/main/<path>
+# (optionally with Hugging Face's ``?download=true``).
+HF_FILE_URL = re.compile(r"https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/main/(?:[\w.-]+/)*([\w.-]+)"
+                         r"(?:\?download=true)?")
 # Avatar: the stock audio loaders; the Avatar DiT ships as a sharded folder (link in its note).
 MODEL_FILE_INPUTS.update({"AudioEncoderLoader": {"audio_encoder_name"}, "LongCatAvatarModelLoader": {"model_name"}})
 MEDIA_FILE_INPUTS.update({"LoadAudio": {"audio"}})
@@ -307,7 +311,8 @@ def check_models(node: dict, info: dict) -> list[str]:
     """Loader nodes: each file widget value has a ``properties.models`` entry the frontend uses.
 
     The frontend keeps only entries whose ``name`` equals a widget value, offers downloads only
-    from huggingface.co for ``.safetensors`` names, and needs ``directory`` to be a model folder.
+    from huggingface.co for ``.safetensors`` names, and needs ``directory`` to be a model folder;
+    the URL must download that very file (``resolve/main/.../<name>``).
     """
     where = f"node {node['id']} ({node['type']})"
     wanted = MODEL_FILE_INPUTS.get(node["type"], set())
@@ -322,8 +327,10 @@ def check_models(node: dict, info: dict) -> list[str]:
     for m in models:
         if m.get("name") not in files.values():
             problems.append(f"{where}: properties.models entry {m.get('name')!r} matches no widget")
-        if not str(m.get("url", "")).startswith(HF_PREFIX):
-            problems.append(f"{where}: model url {m.get('url')!r} is not on {HF_PREFIX}")
+        url = HF_FILE_URL.fullmatch(str(m.get("url", "")))
+        if url is None or url.group(1) != m.get("name"):
+            problems.append(f"{where}: model url {m.get('url')!r} is not a {HF_PREFIX}<repo>/"
+                            f"resolve/main/ link to {m.get('name')!r}")
         if not str(m.get("name", "")).endswith(".safetensors"):
             problems.append(f"{where}: model name {m.get('name')!r} is not .safetensors")
         if m.get("directory") not in MODEL_DIRECTORIES:

@@ -6,7 +6,9 @@ official layout or Kijai's (bf16, or scaled fp8: its fp8 weights and per-row sca
 they are for an fp8 output, dequantized for the others). Peak RAM stays around one tensor: the
 output header is written first from the source headers (shapes and target dtypes only), then
 tensors are read, cast (or quantized) and appended one at a time. The output is written to ``<dst>.partial``
-and renamed when complete. Imports nothing from ComfyUI.
+and renamed when complete; on any error or interruption the partial file is removed and an
+existing ``dst`` is left as it was. A ``dst`` that is (or would overwrite, or lies inside) a
+source being read is refused before anything is written. Imports nothing from ComfyUI.
 """
 
 import json
@@ -96,7 +98,7 @@ def header_bytes(header: dict) -> bytes:
 
 
 def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
-            quantize: str | None = None) -> Path:
+            quantize: str | None = None, progress=None) -> Path:
     """Write ``dst`` (one safetensors file, official keys) from ``src`` (``dit/`` folder, index json
     or single file, official or Kijai layout), casting to ``dtype`` (fp8: Linear weights only, the
     rest bf16; a scaled fp8 source keeps its fp8 weights and per-row ``scale_weight``).
@@ -104,27 +106,33 @@ def convert(src, dst, dtype: torch.dtype = torch.bfloat16, overwrite: bool = Fal
     quantize: one of QUANT_NAMES for a ComfyUI-format quantized file (see ``plan_output``);
     ``dtype`` is then that of the layers kept unquantized.
 
-    Raises ValueError for a bad source (see ``weights.load_state_dict``), an unsupported dtype, a
-    missing output folder, or an existing ``dst`` without ``overwrite``.
+    progress: optional ``progress(tensors_done, tensors_total, bytes_done, bytes_total)``, called
+    once before the first tensor and after each tensor written (bytes of the output).
+
+    Raises ValueError for a bad source (see ``weights.load_state_dict``), an unsupported dtype, or
+    a bad ``dst`` (a folder, not .safetensors, no such folder, the source or inside a source
+    folder, or an existing file without ``overwrite``), before anything is written.
     """
     if dtype not in DTYPE_NAMES.values():
         raise ValueError(f"dtype must be one of {list(DTYPE_NAMES)}, got {dtype}")
     dst = Path(dst)
+    check_output_path(dst)
+    try:
+        infos, _ = inspect_checkpoint(src)
+    except ValueError as err:
+        raise ValueError(f"source {src}: {err}; give the official dit/ folder (or its index json) "
+                         "or one LongCat-Video DiT file") from None
+    check_destination(src, infos, dst)
     if dst.exists() and not overwrite:
-        raise ValueError(f"output {dst} exists; pass overwrite=True to replace it")
-    if dst.suffix != ".safetensors":
-        raise ValueError(f"output must end with .safetensors, got {dst.name}")
-    if not dst.parent.is_dir():
-        raise ValueError(f"output folder {dst.parent} does not exist; create it first")
-    infos, _ = inspect_checkpoint(src)
+        raise ValueError(f"output {dst} exists; add --overwrite (overwrite=True) to replace it")
     plan, quant_layers = plan_output(infos, dtype, quantize)
     if quant_layers:
         _log_quantized(quant_layers, plan, dtype)
-    partial = dst.with_name(dst.name + ".partial")
+    partial = partial_path(dst)
     try:
         with open(partial, "wb") as out:
             out.write(header_bytes(plan_header(plan, quant_layers)))
-            _write_tensors(out, plan)
+            _write_tensors(out, plan, progress)
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
@@ -142,13 +150,70 @@ def _log_quantized(layers: dict, plan: list, dtype: torch.dtype) -> None:
         logger.info("  - %s", reason)
 
 
-def _write_tensors(out, plan: list) -> None:
+def partial_path(dst: Path) -> Path:
+    """Where ``dst`` is written until it is complete."""
+    return dst.with_name(dst.name + ".partial")
+
+
+def check_output_path(dst: Path) -> None:
+    """The checks on ``dst`` alone: a file name ending in .safetensors, in an existing folder.
+    Raises ValueError naming ``dst`` and what to do."""
+    if dst.is_dir():
+        raise ValueError(f"output {dst} is a folder; give a file name inside it, e.g. "
+                         f"{dst / 'longcat_video_dit_bf16.safetensors'}")
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"output {dst} must end with .safetensors")
+    if not dst.parent.is_dir():
+        raise ValueError(f"output folder {dst.parent} does not exist; create it first")
+
+
+def source_files(src, infos: dict) -> set:
+    """Every file ``convert`` reads for ``src``: the tensors' files and an index json."""
+    files = set()
+    for info in infos.values():
+        files.update(part.file for part in getattr(info, "parts", (info,)))
+    src = Path(src)
+    if src.is_file():
+        files.add(src)
+    elif src.is_dir():
+        files.update(src.glob("*.safetensors.index.json"))
+    return {Path(f) for f in files}
+
+
+def check_destination(src, infos: dict, dst: Path) -> None:
+    """Refuse a ``dst`` that would replace or grow a source: the same file as one being read (by
+    inode, so through symlinks and hard links too), or a path inside a source folder (``dit/``,
+    or the folder of an index json). Raises ValueError naming the file."""
+    written = [p for p in (dst, partial_path(dst)) if p.exists()]
+    for path in sorted(source_files(src, infos)):
+        for target in written:
+            if os.path.samefile(target, path):
+                raise ValueError(f"output {target} is the source file {path} (same file on disk); "
+                                 "write the output to another file name")
+    src = Path(src)
+    folders = {src} if src.is_dir() else {src.parent} if src.name.endswith(".index.json") else set()
+    out_folder = Path(os.path.realpath(dst.parent))
+    for folder in folders:
+        if out_folder.is_relative_to(os.path.realpath(folder)):
+            raise ValueError(f"output {dst} is inside the source folder {folder}; write it to "
+                             "another folder (e.g. ComfyUI/models/diffusion_models/)")
+
+
+def _write_tensors(out, plan: list, progress=None) -> None:
     """Append tensors in ``plan`` order, one in memory at a time."""
-    entries = iter(plan)
-    for key, tensor in iter_planned(plan):
-        entry = next(entries)
+    total_bytes = sum(math.prod(e.shape) * e.dtype.itemsize for e in plan)
+    done_bytes = 0
+    if progress:
+        progress(0, len(plan), 0, total_bytes)
+    entries, done = iter(plan), 0
+    for key, tensor in iter_planned(plan):  # not enumerate(): its reused tuple would keep the tensor alive
+        entry, done = next(entries), done + 1
         if key != entry.key or tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
             raise RuntimeError(f"{key}: read {tensor.dtype} {tuple(tensor.shape)}, planned "
                                f"{entry.dtype} {entry.shape}")  # a header/data mismatch would corrupt dst
-        out.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-        del tensor  # free before reading the next one: peak RAM ~ one tensor
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
+        out.write(data)
+        done_bytes += data.nbytes
+        del tensor, data  # free before reading the next one: peak RAM ~ one tensor
+        if progress:
+            progress(done, len(plan), done_bytes, total_bytes)

@@ -59,6 +59,20 @@ def round_frames(num_frames: int) -> int:
     return rounded
 
 
+# The official continuation demo resamples its input to this frame rate (every ``stride``-th
+# frame) before taking the conditioning frames; 480p outputs are written at it too.
+STAGE1_FPS = 15.0
+
+
+def fps_stride(source_fps: float, target_fps: float = STAGE1_FPS) -> int:
+    """Keep every ``stride``-th frame of a ``source_fps`` video to get about ``target_fps``: the
+    official ``max(1, round(source_fps / target_fps))`` (30 → 2, 24 → 2, 60 → 4, 15 or less → 1)."""
+    for name, value in (("source fps", source_fps), ("target fps", target_fps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return max(1, round(source_fps / target_fps))
+
+
 def latent_shape(num_latents: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
     """``(B, 16, T, H/8, W/8)``: the Wan 2.1 latent of ``num_latents`` frames at ``height`` x ``width`` pixels."""
     return (batch, LATENT_CHANNELS, num_latents, height // VAE_SPATIAL, width // VAE_SPATIAL)

@@ -1,10 +1,14 @@
 """LongCat Image to Video and LongCat Continue Video: LATENTs with clean conditioning frames."""
 
+import logging
+
 from comfy_api.latest import io
 
-from ..longcat.frames import check_size, latent_frames, round_frames
+from ..longcat.frames import STAGE1_FPS, check_size, fps_stride, latent_frames, round_frames
 from ..longcat.pipelines import fit_frames
 from .sampling_inputs import cond_latent_dict
+
+logger = logging.getLogger(__name__)
 
 _SIZE = {"min": 16, "max": 4096, "step": 16}
 
@@ -68,17 +72,33 @@ class LongCatContinueVideo(io.ComfyNode):
                              tooltip="How many of the last frames condition the continuation "
                                      "(13 official: 4 latent frames)."),
                 *_size_inputs(),
+                io.Float.Input("video_fps", optional=True, force_input=True,
+                               tooltip="Frame rate of `video` (connect Get Video Components' "
+                                       "fps). When connected, the video is resampled to "
+                                       "target_fps first, as the official demo does; when not, "
+                                       "its frames are used as they are."),
+                io.Float.Input("target_fps", default=STAGE1_FPS, min=1.0, max=240.0, step=0.5,
+                               optional=True,
+                               tooltip="Frame rate the conditioning frames are taken at: every "
+                                       "round(video_fps / target_fps)-th frame (15 official, "
+                                       "the rate of the 480p model)."),
             ],
             outputs=[io.Latent.Output(tooltip="Latent with the conditioning frames first; the "
                                               "decoded result repeats them, then continues.")],
         )
 
     @classmethod
-    def execute(cls, vae, video, num_cond_frames: int, width: int, height: int,
-                length: int) -> io.NodeOutput:
+    def execute(cls, vae, video, num_cond_frames: int, width: int, height: int, length: int,
+                video_fps: float | None = None, target_fps: float = STAGE1_FPS) -> io.NodeOutput:
+        if video_fps is not None:
+            stride = fps_stride(video_fps, target_fps)
+            video = video[::stride]
+            logger.info("LongCat Continue Video: input at %g fps, keeping 1 frame in %d (%g fps): "
+                        "%d frames", video_fps, stride, video_fps / stride, video.shape[0])
         if video.shape[0] < num_cond_frames:
-            raise ValueError(f"video has {video.shape[0]} frames, fewer than num_cond_frames="
-                             f"{num_cond_frames}")
+            resampled = " after resampling" if video_fps is not None else ""
+            raise ValueError(f"video has {video.shape[0]} frames{resampled}, fewer than "
+                             f"num_cond_frames={num_cond_frames}; load a longer video")
         frames = video[-num_cond_frames:]
         return io.NodeOutput(encode_cond_latent(vae, frames, width, height, length))
 

@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_avatar import AVATAR_WORKFLOWS
 from workflow_builder import Column, Workflow
 from workflow_parts import (
-    CFG_LORA,
+    DISTILL_LORA,
     I2V_PROMPT,
+    INPUT_VIDEO,
     NEGATIVE,
     PROMPT,
     REFINE_LORA,
@@ -90,24 +91,25 @@ def t2v_480p(info: dict) -> Workflow:
 def t2v_distill(info: dict) -> Workflow:
     wf, models, (pos,) = _start(info, "Positive prompt")
     s = Column(960)
-    distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
+    distill = lora(wf, s, models["dit"], DISTILL_LORA, "Distill LoRA (16 steps)")
     latent = _empty_latent(wf, s)
     sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0)
     wf.group("Distilled: 16 steps, cfg 1", [distill, latent, sampler])
     _decode_and_save(wf, sampler, models["vae"], "LongCat/t2v_480p_distill")
     vram_note(wf, (-520, 0), "LongCat-Video text-to-video, distilled (16 steps)",
-              "The official distilled recipe: `cfg_step_lora` at strength 1, the 16-step distill "
+              "The official distilled recipe: the distill LoRA (official `cfg_step_lora`) at "
+              "strength 1, the 16-step distill "
               "schedule, guidance 1.0 and no negative prompt (one DiT pass per step, ~6× "
               "fewer passes than the 50-step workflow). 480×832, 93 frames, seed 42.\n\n"
-              + VRAM_480P + "\n\nThe LoRA file is reported at 2.5–3.2 GB (fp32); ComfyUI patches it into "
+              + VRAM_480P + "\n\nThe distill LoRA file is about 1.3 GB (bf16); ComfyUI patches it into "
               "the DiT weights.")
     return wf
 
 
 def _distilled_stage1(wf: Workflow, models: dict, pos, make_latent=_empty_latent):
-    """Stage 1 of the refine workflows: cfg_step_lora, 16 steps, guidance 1; returns IMAGE."""
+    """Stage 1 of the refine workflows: distill LoRA, 16 steps, guidance 1; returns IMAGE."""
     s = Column(960)
-    distill = lora(wf, s, models["dit"], CFG_LORA, "cfg_step_lora (distilled)")
+    distill = lora(wf, s, models["dit"], DISTILL_LORA, "Distill LoRA (16 steps)")
     latent = make_latent(wf, s)
     sampler = sample(wf, s, distill, pos, latent, "distill", 16, 1.0, title="Stage 1 sampler")
     wf.group("Stage 1: 480p, 16 steps", [distill, latent, sampler])
@@ -119,7 +121,7 @@ def _refine_stage(wf: Workflow, models: dict, pos, images, prefix: str, x: float
                   y: float = 860, num_cond_frames: int = 0):
     """Stage 2 in a row below stage 1: refinement LoRA + BSA, refine node, report, save."""
     r = Column(x, y)
-    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "Refinement LoRA")
     sparse = bsa(wf, r, refine_model)
     wf.group("Stage 2 model: LoRA + BSA", [refine_model, sparse])
     c = Column(x + 480, y)
@@ -136,8 +138,8 @@ def t2v_refine(info: dict) -> Workflow:
     images = _distilled_stage1(wf, models, pos)
     _refine_stage(wf, models, pos, images, "LongCat/t2v_720p")
     vram_note(wf, (-520, 0), "Text-to-video, then refine to 720p with BSA",
-              "The official two-stage recipe. Stage 1: distilled 480p (cfg_step_lora, 16 steps, "
-              "guidance 1). Stage 2: `refinement_lora` plus block-sparse attention (published "
+              "The official two-stage recipe. Stage 1: distilled 480p (distill LoRA, 16 steps, "
+              "guidance 1). Stage 2: the refinement LoRA plus block-sparse attention (published "
               "setting: sparsity 0.9375, 4×4×4 chunks) upsamples to 704×1280 and 2× frames "
               "(186 frames, 30 fps), re-encodes, noises to t_thresh 0.5 and denoises 5 steps "
               "without CFG. Both stages branch from the same loaded DiT; the LoRA nodes patch "
@@ -180,26 +182,33 @@ def continuation(info: dict) -> Workflow:
     p = Column(460)
     pos = encode(wf, p, models["clip"], VC_PROMPT, "Positive prompt")
     neg = encode(wf, p, models["clip"], NEGATIVE, "Negative prompt (official)", negative=True)
-    video = p.push(wf.add("LoadVideo", p.next(), {"file": "input_video.mp4"}, width=420,
-                          title="Video to continue (15 fps)"))
+    video = p.push(wf.add("LoadVideo", p.next(), {"file": INPUT_VIDEO}, width=420,
+                          title="Video to continue (file in ComfyUI/input/)"))
     parts = p.push(wf.add("GetVideoComponents", p.next()))
     wf.link(video, parts, "video")
     wf.group("Prompt and input video", [pos, neg, video, parts])
     s = Column(960)
     latent = s.push(wf.add("LongCatContinueVideo", s.next(),
-                           {"num_cond_frames": 13, "width": 832, "height": 480, "length": 93}))
+                           {"num_cond_frames": 13, "width": 832, "height": 480, "length": 93,
+                            "target_fps": 15.0}))
     wf.link(models["vae"], latent, "vae")
     wf.link(parts.out("images"), latent, "video")
+    wf.link(parts.out("fps"), latent, "video_fps")
     sampler = sample(wf, s, models["dit"], pos, latent, "enhance_hf", 50, 4.0, negative=neg)
     wf.group("Continue: 13 cond frames", [latent, sampler])
     _decode_and_save(wf, sampler, models["vae"], "LongCat/continuation")
     vram_note(wf, (-520, 0), "Video continuation",
-              "The last 13 frames of the input video (4 latent frames) are encoded as clean "
-              "conditioning; 80 new frames follow (93 in all, the first 13 reproduce the "
-              "input). Official settings: the enhance_hf schedule (56 steps), guidance 4 with "
-              "the official negative, KV cache on (the conditioning frames' keys and values "
-              "are computed once). The official demo resamples the input to 15 fps first.\n\n"
-              + VRAM_480P + "\n\n" + VRAM_CONTINUATION, height=560)
+              "**Input video**: put an .mp4 (any frame rate, at least ~1 s) in "
+              "`ComfyUI/input/` as `input_video.mp4`, or click *choose video to upload* on "
+              "the Load Video node and pick it there. Get Video Components passes its frames "
+              "and frame rate to LongCat Continue Video, which first resamples it to 15 fps as "
+              "the official demo does (keeps every round(fps / 15)-th frame: 30 fps → every "
+              "2nd), then encodes the last 13 frames (4 latent frames) as clean conditioning "
+              "at 480×832. 80 new frames follow (93 in all, the first 13 reproduce the input), "
+              "saved at 15 fps.\n\nOfficial settings: the enhance_hf schedule (56 steps), "
+              "guidance 4 with the official negative, KV cache on (the conditioning frames' "
+              "keys and values are computed once).\n\n"
+              + VRAM_480P + "\n\n" + VRAM_CONTINUATION, height=700)
     return wf
 
 
@@ -223,7 +232,7 @@ def long_video(info: dict) -> Workflow:
         chain.append(node)
     wf.group("Chain the prompts", chain)
     r = Column(960, 520)
-    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "Refinement LoRA")
     sparse = bsa(wf, r, refine_model)
     wf.group("Refinement model: LoRA + BSA", [refine_model, sparse])
     g = Column(1440)
@@ -257,7 +266,7 @@ def bsa_comparison(info: dict) -> Workflow:
     wf, models, (pos,) = _start(info, "Prompt (both stages)")
     images = _distilled_stage1(wf, models, pos)
     r = Column(960, 860)
-    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "refinement_lora")
+    refine_model = lora(wf, r, models["dit"], REFINE_LORA, "Refinement LoRA")
     on = bsa(wf, r, refine_model, enable=True)
     off = bsa(wf, r, refine_model, enable=False)
     wf.group("Refinement LoRA, BSA on / off", [refine_model, on, off])

@@ -5,16 +5,27 @@ from vram_results import measured_notes
 from workflow_builder import Column, Workflow
 
 HF_LONGCAT = "https://huggingface.co/meituan-longcat/LongCat-Video"
-HF_WAN = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
-DIT_FILE = "longcat_video_dit_bf16.safetensors"
-UMT5 = {"name": "umt5_xxl_fp16.safetensors", "directory": "text_encoders",
-        "url": f"{HF_WAN}/text_encoders/umt5_xxl_fp16.safetensors?download=true"}
-VAE = {"name": "wan_2.1_vae.safetensors", "directory": "vae",
-       "url": f"{HF_WAN}/vae/wan_2.1_vae.safetensors?download=true"}
-CFG_LORA = {"name": "cfg_step_lora.safetensors", "directory": "loras",
-            "url": f"{HF_LONGCAT}/resolve/main/lora/cfg_step_lora.safetensors?download=true"}
-REFINE_LORA = {"name": "refinement_lora.safetensors", "directory": "loras",
-               "url": f"{HF_LONGCAT}/resolve/main/lora/refinement_lora.safetensors?download=true"}
+HF_KIJAI = "https://huggingface.co/Kijai/LongCat-Video_comfy"
+HF_WAN = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged"
+
+
+def _model(repo_url: str, path: str, directory: str) -> dict:
+    """A ``properties.models`` entry: the frontend's Missing Models panel offers a Download
+    button for it (Hugging Face ``resolve/main`` URL, ComfyUI model folder)."""
+    return {"name": path.rsplit("/", 1)[-1], "url": f"{repo_url}/resolve/main/{path}",
+            "directory": directory}
+
+
+# Defaults are files a user can download as they are. The DiT is Kijai's scaled fp8 file: it runs
+# 480p on a 24 GB card with --lowvram (measured, README's VRAM table); the bf16 file needs 48 GB.
+DIT = _model(HF_KIJAI, "LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ.safetensors", "diffusion_models")
+DIT_BF16 = _model(HF_KIJAI, "LongCat_TI2V_comfy_bf16.safetensors", "diffusion_models")
+DISTILL_LORA = _model(HF_KIJAI, "LongCat_distill_lora_alpha64_bf16.safetensors", "loras")
+REFINE_LORA = _model(HF_KIJAI, "LongCat_refinement_lora_rank128_bf16.safetensors", "loras")
+UMT5 = _model(HF_WAN, "split_files/text_encoders/umt5_xxl_fp16.safetensors", "text_encoders")
+VAE = _model(HF_WAN, "split_files/vae/wan_2.1_vae.safetensors", "vae")
+CONVERTED_DIT_FILE = "longcat_video_dit_bf16.safetensors"  # the converter's output, in the note
+INPUT_VIDEO = "input_video.mp4"  # the continuation workflow's LoadVideo file, in ComfyUI/input/
 
 # The official demos' negative prompt, used with guidance 4.
 NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, "
@@ -37,21 +48,24 @@ STORY = (
 )
 SEED = 42  # the official demos' seed (42 + rank)
 
-HF_KIJAI = "https://huggingface.co/Kijai/LongCat-Video_comfy"
-DIT_NOTE = f"""## LongCat-Video DiT
+DIT_NOTE = f"""## Model files
 
-Pick the DiT here: Kijai's files or the official release.
+The loaders name files you can download as they are; ComfyUI's Missing Models panel offers a
+**Download** button for each one (or fetch them from the links below into the folder shown).
 
-* **Kijai's files** ([Kijai/LongCat-Video_comfy]({HF_KIJAI})):
-  `LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ.safetensors` (15.5 GB, stays fp8 in memory) or
-  `LongCat_TI2V_comfy_bf16.safetensors` (27.2 GB). His `LongCat_distill_lora_alpha64_bf16` and
-  `LongCat_refinement_lora_rank128_bf16` replace `cfg_step_lora` / `refinement_lora` in the LoRA
-  nodes.
-* **The official release** ships the DiT as fp32 shards in [`dit/`]({HF_LONGCAT}/tree/main/dit)
-  (~54 GB; no single file, so this loader has no download link). Convert once to one bf16 file
-  (27.2 GB): `python scripts/convert_longcat.py <LongCat-Video>/dit models/diffusion_models/{DIT_FILE}`
+* **DiT** ([Kijai/LongCat-Video_comfy]({HF_KIJAI})): `{DIT["name"]}` (15.5 GB, stays fp8 in
+  memory; runs 480p on 24 GB cards with `--lowvram`) in `models/diffusion_models/`. With 48 GB or
+  more, [`{DIT_BF16["name"]}`]({DIT_BF16["url"]}) (27.2 GB) is the bf16 alternative: pick it here.
+* **LoRAs** (same repository, `models/loras/`): `{DISTILL_LORA["name"]}` (16-step distill) and
+  `{REFINE_LORA["name"]}` (720p refinement).
+* **umT5-XXL and Wan 2.1 VAE** ([Comfy-Org/Wan_2.1_ComfyUI_repackaged]({HF_WAN})):
+  `models/text_encoders/`, `models/vae/`.
+* **Official release instead** ([meituan-longcat/LongCat-Video]({HF_LONGCAT})): the DiT ships as
+  fp32 shards in `dit/` (~54 GB). Convert once to one bf16 file (27.2 GB):
+  `python scripts/convert_longcat.py <LongCat-Video>/dit models/diffusion_models/{CONVERTED_DIT_FILE}`
   (add `--dtype fp8_e4m3fn` for ~13.6 GB), or put (or symlink) the `dit/` folder under
-  `models/diffusion_models/` and pick it here (it is cast while loading).
+  `models/diffusion_models/` and pick it here. The official `lora/cfg_step_lora.safetensors` and
+  `lora/refinement_lora.safetensors` load in the LoRA nodes too.
 
 See `docs/model.md`."""
 
@@ -62,13 +76,13 @@ def vram_note(wf: Workflow, pos, title: str, body: str, height: int = 420) -> No
 
 def load_models(wf: Workflow, col: Column) -> dict:
     """DiT, umT5 and VAE loaders stacked in ``col``; returns the nodes by role."""
-    dit = col.push(wf.add("LongCatModelLoader", col.next(), {"model_name": DIT_FILE},
-                          title="Load LongCat-Video DiT", width=380))
+    dit = col.push(wf.add("LongCatModelLoader", col.next(), {"model_name": DIT["name"]},
+                          title="Load LongCat-Video DiT", width=380, models=[DIT]))
     clip = col.push(wf.add("CLIPLoader", col.next(),
                            {"clip_name": UMT5["name"], "type": "wan"}, width=380, models=[UMT5]))
     vae = col.push(wf.add("VAELoader", col.next(), {"vae_name": VAE["name"]}, width=380,
                           models=[VAE]))
-    note = col.push(wf.note(col.next(), DIT_NOTE, title="DiT file", width=380, height=470))
+    note = col.push(wf.note(col.next(), DIT_NOTE, title="Model files", width=380, height=560))
     wf.group("Models", [dit, clip, vae, note])
     return {"dit": dit, "clip": clip, "vae": vae}
 
@@ -155,8 +169,8 @@ _HAND_480P = """**VRAM** (measured inside ComfyUI 0.3.64 on an H200 held to 24 /
 random weights: `bench/bench_comfyui_vram.py`): with guidance (batch 2) 6.8 s per step in bf16 at
 48 GB (PyTorch peak 32.0 GiB) and 6.7 s in fp8 with `--lowvram` at 24 GB (19.4 GiB), so 50 steps
 take about 6 minutes; the 16-step distilled pass takes 3.4 s per step (bf16 or fp8; 3.0 s with
-`--fast fp8_matrix_mult`). 48 GB and larger cards run it in bf16; 24 GB cards in fp8 (Kijai's
-fp8 file, or `weight_dtype` `fp8_e4m3fn`) with `--lowvram`. umT5-XXL fp16 (~11 GB) is needed only
+`--fast fp8_matrix_mult`). 24 GB cards run it with the default fp8 DiT file and ComfyUI's
+`--lowvram`; 48 GB and larger cards can pick the bf16 file. umT5-XXL fp16 (~11 GB) is needed only
 while encoding; ComfyUI offloads it afterwards."""
 
 _HAND_720P = """**Refinement VRAM** (measured inside ComfyUI on an H200 under memory budgets):

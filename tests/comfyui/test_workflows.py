@@ -31,16 +31,17 @@ LOADERS |= {"LongCatAvatarModelLoader", "AudioEncoderLoader"}  # the Avatar work
 STAGE1 = {"width": 64, "height": 32, "length": 9}  # latent 3x4x8
 REFINE = {"width": 128, "height": 64}  # multiples of 64; 2x frames -> 18
 IMAGE_FILE, VIDEO_FILE = "example.png", "input_video.mp4"
-# Written with ComfyUI's own Python (PIL, PyAV): the PNG start image and a 17-frame clip.
+# Written with ComfyUI's own Python (PIL, PyAV): the PNG start image and a 34-frame clip at
+# 30 fps, which the continuation workflow resamples to 15 fps (17 frames), as the official demo.
 MAKE_MEDIA = """
 import sys, av, numpy as np
 from PIL import Image
 folder = sys.argv[1]
 Image.fromarray(np.full((48, 80, 3), (200, 120, 40), np.uint8)).save(folder + "/example.png")
 out = av.open(folder + "/input_video.mp4", "w")
-stream = out.add_stream("libx264", rate=15)
+stream = out.add_stream("libx264", rate=30)
 stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
-for i in range(17):
+for i in range(34):
     frame = np.zeros((32, 64, 3), np.uint8); frame[:, : 4 * i % 64] = (30, 160, 90)
     out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
 out.mux(stream.encode()); out.close()
@@ -81,8 +82,6 @@ def stand_ins(comfy_server):
                 target = models / model["directory"] / model["name"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.touch()
-    dit = models / "diffusion_models" / "longcat_video_dit_bf16.safetensors"
-    dit.touch()
     inputs = comfy_server.base_dir / "input"
     inputs.mkdir(exist_ok=True)
     subprocess.run([comfy_python(), "-c", MAKE_MEDIA, str(inputs)], check=True)
@@ -213,3 +212,21 @@ def test_continuation_runs_end_to_end(stand_ins, object_info, convert):
         "SaveVideo": {"filename_prefix": "wf_test/continuation"}})
     entry = stand_ins.run(prompt, timeout=900)
     assert list(_videos(stand_ins, entry).values()) == [[17, 64, 32]]
+    # The 30 fps input was resampled to 15 fps before its last 5 frames were taken.
+    assert "input at 30 fps, keeping 1 frame in 2 (15 fps): 17 frames" in stand_ins.log_text()
+
+
+def test_continuation_input_too_short_after_resampling(stand_ins, object_info, convert):
+    """A clip with fewer frames than num_cond_frames once resampled: one clear error, no crash."""
+    workflow = json.loads((ROOT / "workflows" / "longcat_video_continuation.json").read_text())
+    prompt = _tiny(convert(workflow, object_info), {
+        "LongCatContinueVideo": {"width": 64, "height": 32, "length": 17, "num_cond_frames": 18,
+                                 "target_fps": 15.0},
+        "SaveVideo": {"filename_prefix": "wf_test/continuation_short"}})
+    status, body = stand_ins.post("/prompt", {"prompt": prompt, "client_id": "wf-tests"})
+    assert status == 200, body
+    entry = stand_ins.wait(body["prompt_id"], timeout=300)
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert len(errors) == 1 and errors[0]["node_type"] == "LongCatContinueVideo", errors
+    assert ("video has 17 frames after resampling, fewer than num_cond_frames=18"
+            in errors[0]["exception_message"]), errors

@@ -2,6 +2,7 @@
 
 import pytest
 from longcat_pack.longcat.frames import (
+    fps_stride,
     check_size,
     latent_frames,
     pixel_frames,
@@ -49,3 +50,19 @@ def test_bad_values():
         with pytest.raises(ValueError):
             call()
     assert check_size(704, 1280, 64) == (704, 1280)
+
+
+@pytest.mark.parametrize("source, stride", [(30.0, 2), (29.97, 2), (24.0, 2), (25.0, 2), (60.0, 4),
+                                            (15.0, 1), (10.0, 1), (45.0, 3), (50.0, 3)])
+def test_fps_stride_is_the_official_resampling(source, stride):
+    """The official continuation demo keeps video[::max(1, round(fps / 15))]."""
+    assert fps_stride(source) == stride == max(1, round(source / 15))
+    assert fps_stride(source, 30.0) == max(1, round(source / 30))
+
+
+@pytest.mark.parametrize("bad", [0, -15.0, float("nan"), float("inf"), True, "30", None])
+def test_fps_stride_rejects_bad_rates(bad):
+    with pytest.raises(ValueError, match="fps must be a positive number"):
+        fps_stride(bad)
+    with pytest.raises(ValueError, match="target fps must be a positive number"):
+        fps_stride(30.0, bad)

@@ -157,6 +157,16 @@ def test_expectations_catch_wrong_defaults(object_info):
     sched = next(n for n in steps["nodes"] if n["type"] == "LongCatScheduler")
     sched["widgets_values"][1] = 20
     assert any("steps" in p for p in wx.t2v_refine(wx.Graph(steps, object_info)))
+    unresampled = wc.load_json(ROOT / "workflows" / "longcat_video_continuation.json")
+    assert not wx.continuation(wx.Graph(unresampled, object_info))
+    target = next(n for n in unresampled["nodes"] if n["type"] == "LongCatContinueVideo")
+    target["widgets_values"][-1] = 30.0
+    link = next(e["link"] for e in target["inputs"] if e["name"] == "video_fps")
+    target["inputs"] = [dict(e, link=None) if e["name"] == "video_fps" else e
+                        for e in target["inputs"]]
+    unresampled["links"] = [lk for lk in unresampled["links"] if lk[0] != link]
+    problems = wx.continuation(wx.Graph(unresampled, object_info))
+    assert any("video_fps" in p for p in problems) and any("target_fps" in p for p in problems)
     dense = json.loads(json.dumps(workflow))
     bsa = next(n for n in dense["nodes"] if n["type"] == "LongCatBSASettings")
     bsa["widgets_values"][0] = False
@@ -193,3 +203,39 @@ def test_registry_metadata_lists_the_workflows_model_files():
                 location = f"/{model['directory']}/{model['name']}"
                 assert location in listed, f"{name}: {location} missing from pyproject.toml Models"
                 assert listed[location] == model["url"].removesuffix("?download=true"), location
+
+
+def test_workflows_default_to_downloadable_files():
+    """Every model file a workflow loads has a download link (but the Avatar DiT, a sharded folder
+    linked from its note); the LongCat-Video DiT is the file a 24 GB card runs (Kijai's scaled
+    fp8, with --lowvram), never a file only the converter makes."""
+    loaders = 0
+    folder_only = {kind for kind, _ in wc.NO_DOWNLOAD}
+    for name in wx.EXPECTED:
+        workflow = wc.load_json(ROOT / "workflows" / name)
+        for node in workflow["nodes"]:
+            if node["type"] == "LongCatModelLoader":
+                loaders += 1
+                assert node["widgets_values"][0] == wx.DIT, (name, node["widgets_values"])
+                assert [m["name"] for m in node["properties"]["models"]] == [wx.DIT], name
+        named = {(n["type"], v) for n in workflow["nodes"] for v in n.get("widgets_values") or []
+                 if isinstance(v, str) and v.endswith(".safetensors") and n["type"] not in folder_only}
+        downloadable = {(n["type"], m["name"]) for n in workflow["nodes"]
+                        for m in (n.get("properties") or {}).get("models", [])}
+        assert named <= downloadable, (name, named - downloadable)
+    assert loaders >= 7, loaders
+
+
+def test_model_check_catches_missing_or_wrong_download(object_info):
+    """check_models is not vacuous: no entry, another file's URL, a folder URL are reported."""
+    workflow = wc.load_json(ROOT / "workflows" / "longcat_t2v_480p.json")
+    loader = next(n for n in workflow["nodes"] if n["type"] == "LongCatModelLoader")
+    info = object_info["LongCatModelLoader"]
+    assert not wc.check_models(loader, info)
+    for damage in ([], [{**loader["properties"]["models"][0], "url": "https://huggingface.co/"
+                         "Kijai/LongCat-Video_comfy/resolve/main/other.safetensors"}],
+                   [{**loader["properties"]["models"][0], "url": "https://huggingface.co/"
+                     "meituan-longcat/LongCat-Video/tree/main/dit"}]):
+        broken = json.loads(json.dumps(loader))
+        broken["properties"]["models"] = damage
+        assert wc.check_models(broken, info), damage

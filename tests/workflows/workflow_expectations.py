@@ -2,9 +2,10 @@
 
 Each checker takes a ``Graph`` and returns a list of problems. The numbers are the official
 defaults (docs/workflows.md, docs/pipelines.md): 480x832x93, 50 steps at guidance 4 with the official
-negative prompt; distilled 16 steps at guidance 1 with cfg_step_lora; refinement at t_thresh 0.5,
-704x1280, 2x frames, refinement_lora + BSA (sparsity 0.9375, 4x4x4 chunks); continuation with
-13 conditioning frames, the enhance_hf schedule and the KV cache.
+negative prompt; distilled 16 steps at guidance 1 with the distill LoRA; refinement at t_thresh
+0.5, 704x1280, 2x frames, the refinement LoRA + BSA (sparsity 0.9375, 4x4x4 chunks); continuation
+with 13 conditioning frames, the enhance_hf schedule and the KV cache. Model files are the
+downloadable defaults: Kijai's scaled fp8 DiT and his conversions of the official LoRAs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def _checks():
 
 wc = _checks()
 
+DIT = "LongCat_TI2V_comfy_fp8_e4m3fn_scaled_KJ.safetensors"
+DISTILL_LORA = "LongCat_distill_lora_alpha64_bf16.safetensors"
+REFINE_LORA = "LongCat_refinement_lora_rank128_bf16.safetensors"
 OFFICIAL_NEGATIVE_START = "Bright tones, overexposed, static, blurred details"
 STAGE1 = {"width": 832, "height": 480}
 REFINE = {"width": 1280, "height": 704, "t_thresh": 0.5, "spatial_refine_only": False}
@@ -111,12 +115,12 @@ def _check_stage1_latent(g: Graph, sampler: dict, latent_type: str) -> list[str]
 
 
 def _check_refine(g: Graph, refine: dict) -> list[str]:
-    """Official refinement widgets, refinement_lora and one BSA node (published parameters;
+    """Official refinement widgets, the refinement LoRA and one BSA node (published parameters;
     whether it is enabled is checked by the caller)."""
     where = f"refine {refine['id']}"
     problems = _expect(where, g.widgets(refine), REFINE)
-    if _loras(g, refine) != ["refinement_lora.safetensors"]:
-        problems.append(f"{where}: LoRAs upstream {_loras(g, refine)}, expected refinement_lora")
+    if _loras(g, refine) != [REFINE_LORA]:
+        problems.append(f"{where}: LoRAs upstream {_loras(g, refine)}, expected {REFINE_LORA}")
     bsa = g.upstream(refine, "model", "LongCatBSASettings")
     if len(bsa) != 1:
         return problems + [f"{where}: {len(bsa)} BSA settings nodes upstream, expected 1"]
@@ -142,7 +146,7 @@ def t2v_480p(g: Graph) -> list[str]:
 def t2v_distill(g: Graph) -> list[str]:
     problems = []
     for sampler in _one(g, "LongCatSampler", problems):
-        problems += _check_sampler(g, sampler, "distill", 16, 1.0, ["cfg_step_lora.safetensors"])
+        problems += _check_sampler(g, sampler, "distill", 16, 1.0, [DISTILL_LORA])
         problems += _check_stage1_latent(g, sampler, "EmptyHunyuanLatentVideo")
     _check_output(g, 15.0, problems)
     return problems
@@ -152,7 +156,7 @@ def _refine_from_distilled(g: Graph, latent_type: str, bsa_states: list[bool]) -
     problems = []
     samplers = _one(g, "LongCatSampler", problems)
     for sampler in samplers:
-        problems += _check_sampler(g, sampler, "distill", 16, 1.0, ["cfg_step_lora.safetensors"])
+        problems += _check_sampler(g, sampler, "distill", 16, 1.0, [DISTILL_LORA])
         problems += _check_stage1_latent(g, sampler, latent_type)
     refines = _one(g, "LongCatRefine720p", problems)
     states = sorted(g.widgets(b)["enable"] for r in refines
@@ -192,6 +196,13 @@ def continuation(g: Graph) -> list[str]:
             problems.append("continuation: num_cond_frames must be 13")
         if latent and not g.upstream(latent, "video", "LoadVideo"):
             problems.append("continuation: the video does not come from LoadVideo")
+        # The official demo resamples the input to 15 fps before taking the conditioning frames.
+        fps = g.source(latent, "video_fps") if latent else None
+        if fps is None or fps["type"] != "GetVideoComponents" or not g.upstream(
+                fps, "video", "LoadVideo"):
+            problems.append("continuation: video_fps is not the loaded video's frame rate")
+        if latent and g.widgets(latent)["target_fps"] != 15.0:
+            problems.append("continuation: target_fps must be 15 (official)")
     _check_output(g, 15.0, problems)
     return problems
 
@@ -214,8 +225,8 @@ def long_video(g: Graph) -> list[str]:
         refine_prompt = g.source(node, "refine_prompt")
         if refine_prompt is None or g.widgets(refine_prompt)["text"] != "":
             problems.append("long video: refine_prompt must be the empty prompt (official)")
-        if _loras(g, node, "refine_model") != ["refinement_lora.safetensors"]:
-            problems.append("long video: refine_model lacks refinement_lora")
+        if _loras(g, node, "refine_model") != [REFINE_LORA]:
+            problems.append(f"long video: refine_model lacks {REFINE_LORA}")
         if _loras(g, node, "model"):
             problems.append("long video: the stage-1 model must carry no LoRA")
         bsa = g.upstream(node, "refine_model", "LongCatBSASettings")
