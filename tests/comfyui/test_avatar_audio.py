@@ -11,6 +11,7 @@ import torch
 from longcat_pack.longcat.avatar import audio as A
 from safetensors.torch import load_file
 
+import availability
 import tiny_audio as T
 
 pytestmark = pytest.mark.comfyui
@@ -20,11 +21,7 @@ OFFICIAL = Path(__file__).resolve().parents[1] / "data" / "avatar_audio_official
 
 @pytest.fixture(scope="module")
 def comfy_audio():
-    from conftest import COMFYUI_DIR, SKIP_REASON
-
-    if not COMFYUI_DIR:
-        pytest.skip(SKIP_REASON)
-    sys.path.insert(0, COMFYUI_DIR)
+    sys.path.insert(0, availability.comfyui_dir("the Avatar audio recipe tests"))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True

@@ -3,7 +3,6 @@ progress, previews), extension (overlap, reference, audio offset), LoRA and BSA 
 Avatar MODEL, and the clear errors. A tiny Avatar DiT file is written by the test; the VAE is the
 pack's stand-in (the stock Wan VAE would cost a 250 MB random file here)."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "longcat"))
+import availability
 from tiny_avatar import tiny_avatar
 
 pytestmark = pytest.mark.comfyui
@@ -39,10 +39,7 @@ class StandinVAE:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    comfyui_dir = os.environ.get("COMFYUI_DIR")
-    if not comfyui_dir:
-        pytest.skip("COMFYUI_DIR is not set: the real-ComfyUI Avatar node tests did NOT run")
-    sys.path.insert(0, comfyui_dir)
+    sys.path.insert(0, availability.comfyui_dir("the real-ComfyUI Avatar node tests"))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
