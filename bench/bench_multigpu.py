@@ -116,8 +116,9 @@ def error_of(entry: dict) -> str | None:
 
 
 class Lifecycle:
-    def __init__(self, server: ComfyServer, args, size: dict):
+    def __init__(self, server: ComfyServer, args, size: dict, result: dict, out: Path):
         self.server, self.args, self.size = server, args, size
+        self.result, self.out = result, out
         self.seed = 0
         self.log_offset = 0
         self.rows = []
@@ -149,6 +150,8 @@ class Lifecycle:
         if entry is not None and "8" in entry.get("outputs", {}):
             row["bsa_report"] = "".join(entry["outputs"]["8"].get("text", []))[:400]
         self.rows.append(row)
+        self.result["phases"] = self.rows
+        self.out.write_text(json.dumps(self.result, indent=1))  # after every phase: partial runs survive
         print(json.dumps(row), flush=True)
         return row
 
@@ -239,7 +242,7 @@ def main():
     started = time.monotonic()
     server.start()
     result["server_start_s"] = round(time.monotonic() - started, 1)
-    life = Lifecycle(server, args, TINY if args.tiny else REFINE)
+    life = Lifecycle(server, args, TINY if args.tiny else REFINE, result, out)
     try:
         life.one_step("first", kinds[0])
         life.step_s = life.one_step("forward", kinds[0])["wall_s"]
