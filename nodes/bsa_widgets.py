@@ -133,6 +133,10 @@ def startup_kernel_note(device) -> str:
     path, why = choose_backend("auto", device, torch.bfloat16, HEAD_DIM)
     if path == "triton":
         return "BSA kernel: Triton (CUDA device and Triton found)"
+    if torch.device(device).type != "cuda":
+        why = "no CUDA device"
+    elif why.startswith("triton not importable"):
+        why = "Triton not installed"
     return f"BSA kernel: torch reference, same results but slower ({why})"
 
 

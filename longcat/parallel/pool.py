@@ -296,8 +296,8 @@ class WorkerPool:
         self._run(message, send_all, "loading the weights")
         self._weights_version = version
         self._generation += 1
-        gib = sum(t.numel() * t.element_size() for t in state.values()) / 2**30
-        log.info("LongCat context parallel: sent %d weights (%.2f GiB) to %d workers in %.2f s", len(entries), gib,
+        mib = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
+        log.info("LongCat context parallel: sent %d weights (%.1f MiB) to %d workers in %.2f s", len(entries), mib,
                  len(self._workers), time.monotonic() - started)
         return True
 

@@ -2,6 +2,7 @@
 text padding, latents."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -105,11 +106,19 @@ def test_node_plan_is_the_path_the_kernel_takes_on_cpu(backend, dtype, monkeypat
 
 @pytest.mark.parametrize("device, expected", [
     ("cuda", "BSA kernel: Triton"),
-    ("cpu", "BSA kernel: torch reference, same results but slower (tensors are on cpu, not CUDA)"),
+    ("cpu", "BSA kernel: torch reference, same results but slower (no CUDA device)"),
 ])
 def test_startup_note_says_what_will_run(device, expected):
     """ComfyUI's start-up log names the path BSA will take, not merely whether Triton exists."""
     assert bsa_widgets.startup_kernel_note(torch.device(device)).startswith(expected)
+
+
+def test_startup_note_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.delitem(sys.modules, "longcat_pack.kernels.bsa_fwd_triton", raising=False)
+    monkeypatch.delattr(sys.modules["longcat_pack.kernels"], "bsa_fwd_triton", raising=False)
+    note = bsa_widgets.startup_kernel_note(torch.device("cuda"))
+    assert note == "BSA kernel: torch reference, same results but slower (Triton not installed)"
 
 
 def test_describe_settings_names_the_path_and_parameters():
