@@ -101,7 +101,7 @@ def prompt(kind: str, gpus: int, steps: int, seed: int, size: dict, timeout: int
                                                            "shift": 12.0}},
         "7": {"class_type": "LongCatSampler", "inputs": {
             "model": ["4", 0], "positive": ["2", 0], "latent": ["5", 0], "sigmas": ["6", 0], "seed": seed,
-            "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": False}},
+            "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": "gpu"}},
         "8": {"class_type": "PreviewAny", "inputs": {"source": ["7", 1]}},
     }
 

@@ -127,7 +127,9 @@ class ComfyServer:
     def queue_prompt(self, prompt: dict) -> str:
         """POST an API-format prompt; raises AssertionError with ComfyUI's errors if rejected."""
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": "longcat-tests"})
-        if status != 200:
+        # ComfyUI runs the valid outputs of a partly invalid prompt and lists the rest in
+        # node_errors: a test must not pass on the part that ran.
+        if status != 200 or body.get("node_errors"):
             raise AssertionError(f"/prompt rejected ({status}): {json.dumps(body, indent=1)}")
         return body["prompt_id"]
 

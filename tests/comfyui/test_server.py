@@ -138,7 +138,7 @@ def _stage1(sampler_id="5"):
         sampler_id: {"class_type": "LongCatSampler", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0],
             "sigmas": ["9", 0], "seed": 3, "guidance_scale": 4.0, "use_kv_cache": True,
-            "offload_kv_cache": False}},
+            "offload_kv_cache": "gpu"}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": [sampler_id, 0], "vae": ["6", 0]}},
     }
 
@@ -182,13 +182,13 @@ def test_image_to_video_and_continuation(comfy_server):
             "vae": ["6", 0], "start_image": ["7", 0], **STAGE1, "length": 5}},
         "31": {"class_type": "LongCatSampler", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "latent": ["30", 0], "sigmas": ["9", 0],
-            "seed": 5, "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": False}},
+            "seed": 5, "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": "gpu"}},
         "32": {"class_type": "LongCatContinueVideo", "inputs": {
             "vae": ["6", 0], "video": ["7", 0], "num_cond_frames": 5, **STAGE1, "length": 9}},
         "33": {"class_type": "LongCatSampler", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["32", 0],
             "sigmas": ["9", 0], "seed": 6, "guidance_scale": 4.0, "use_kv_cache": True,
-            "offload_kv_cache": True}},
+            "offload_kv_cache": "cpu"}},
         "34": {"class_type": "VAEDecode", "inputs": {"samples": ["31", 0], "vae": ["6", 0]}},
         "35": {"class_type": "VAEDecode", "inputs": {"samples": ["33", 0], "vae": ["6", 0]}},
         "36": {"class_type": "SaveImage", "inputs": {"images": ["34", 0], "filename_prefix": "lc_i2v"}},
@@ -225,7 +225,7 @@ def test_cancel_stops_a_long_run_promptly(comfy_server):
               "inputs": {"mode": "normal", "steps": 1000, "t_thresh": 0.5, "shift": 12.0}},
         "5": {"class_type": "LongCatSampler", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "latent": ["4", 0], "sigmas": ["9", 0],
-            "seed": 8, "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": False}},
+            "seed": 8, "guidance_scale": 1.0, "use_kv_cache": False, "offload_kv_cache": "gpu"}},
         "8": {"class_type": "PreviewAny", "inputs": {"source": ["5", 1]}},
     })
     prompt_id = comfy_server.queue_prompt(prompt)
