@@ -118,7 +118,7 @@ def _talking(info: dict, speakers: int) -> Workflow:
     o = Column(1880)
     video, save = _save(wf, o, decoded, embeds, f"LongCat/avatar_{'single' if speakers == 1 else 'two'}_speaker")
     wf.group("Save (25 fps, with the soundtrack)", [video, save])
-    wf.note((960, 760), AUDIO_NOTE, title="Audio", width=380, height=330)
+    a.push(wf.note(a.next(), AUDIO_NOTE, title="Audio", width=380, height=330))
     return wf
 
 
@@ -181,9 +181,9 @@ def avatar_long(info: dict) -> Workflow:
     o = Column(1420 + 460 * 3)
     save_nodes = _save(wf, o, video, embeds, "LongCat/avatar_long")
     wf.group("Save (25 fps, with the soundtrack)", list(save_nodes))
-    wf.note((960, 760), AUDIO_NOTE.replace("this workflow makes one 93-frame clip (3.7 s) from the start of the audio",
+    a.push(wf.note(a.next(), AUDIO_NOTE.replace("this workflow makes one 93-frame clip (3.7 s) from the start of the audio",
                                            "this workflow sets 253 frames (10.1 s): one clip and two extensions"),
-            title="Audio", width=380, height=330)
+            title="Audio", width=380, height=330))
     vram_note(wf, (-520, 0), "Long talking video (Avatar 1.5, DMD 8 steps)",
               "The official long-video loop: a 93-frame clip, then segments of 93 frames whose first "
               "13 overlap the previous one (re-encoded through the VAE) with the first clip's image "

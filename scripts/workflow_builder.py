@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 FRONTEND_VERSION = "1.27.10"  # the frontend pinned by ComfyUI 0.3.64 (a125cd84)
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 SLOT_H, WIDGET_H, TEXT_H = 22, 26, 120  # LiteGraph slot/widget heights; multiline text box
-# Room for what a newer ComfyUI draws in a node; CreateVideo: 0.33 adds a bit_depth widget, and
+# Room for what a newer ComfyUI draws in a node (LoadAudio: its player; the audio embeds node:
+# sockets and widgets stack in 0.33's frontend); CreateVideo: 0.33 adds a bit_depth widget, and
 # the frontend grows the node over the one below it without this headroom.
-EXTRA_H = {"LoadImage": 260, "LoadVideo": 260, "SaveVideo": 320, "PreviewAny": 160,
-           "CreateVideo": 2 * WIDGET_H}
+EXTRA_H = {"LoadImage": 260, "LoadVideo": 260, "LoadAudio": 160, "SaveVideo": 320, "PreviewAny": 160,
+           "CreateVideo": 2 * WIDGET_H, "LongCatAvatarAudioEmbeds": 3 * SLOT_H}
 
 
 def _combo(spec: list) -> list | None:

@@ -36,7 +36,8 @@ VIEWPORT = {"width": 2400, "height": 1350}
 # Nodes that load a model or input file: a newer frontend flags them (``has_errors``) when the
 # server lacks the file, as this test server does.
 FILE_LOADERS = {"LongCatModelLoader", "LongCatLoRA", "CLIPLoader", "VAELoader", "UNETLoader",
-                "LoraLoaderModelOnly", "LoadImage", "LoadVideo"}
+                "LoraLoaderModelOnly", "LoadImage", "LoadVideo", "LoadAudio", "AudioEncoderLoader",
+                "LongCatAvatarModelLoader"}
 EMPTY_GRAPH = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [],
                "config": {}, "extra": {}, "version": 0.4}
 # The frontend restores localStorage.workflow at start-up: an empty graph means no default
