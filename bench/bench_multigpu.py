@@ -45,31 +45,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "harness"))
-from comfy_server import CPU_ARGS, ComfyServer  # noqa: E402
+from comfy_server import CPU_ARGS, ComfyServer, worker_pids  # noqa: E402
 from comfyui_bench_models import DIT_FILES, TINY_DIT, write_dit  # noqa: E402
 
 REFINE = {"width": 1280, "height": 704, "length": 189}  # latent 48×88×160: the refine grid
 TINY = {"width": 128, "height": 64, "length": 9}
-WORKER_MARK = b"longcat_pack.longcat.parallel.worker"
 POOL_LOG = {
     "start_s": re.compile(r"LongCat context parallel: \d+ ranks \(\w+\) started in ([\d.]+) s"),
     "weights": re.compile(r"LongCat context parallel: sent (\d+) weights \(([\d.]+) MiB\) to (\d+) workers "
                           r"in ([\d.]+) s"),
 }
-
-
-def workers(server_pid: int | None = None) -> list[int]:
-    """Live worker processes (all of them, or those whose parent is ``server_pid``)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if fields[0] != "Z" and WORKER_MARK in cmdline and (server_pid is None or int(fields[1]) == server_pid):
-            found.append(int(stat.parent.name))
-    return sorted(found)
 
 
 def wait_until(condition, timeout: float, poll: float = 0.1) -> float | None:
@@ -145,7 +130,7 @@ class Lifecycle:
         row = {"phase": phase, "wall_s": round(time.monotonic() - started, 2),
                "status": None if entry is None else entry["status"].get("status_str"),
                "error": None if entry is None else error_of(entry),
-               "workers_before": before, "workers_after": workers(self.server.proc.pid), **extra,
+               "workers_before": before, "workers_after": worker_pids(self.server.proc.pid), **extra,
                **self.pool_log()}
         if entry is not None and "8" in entry.get("outputs", {}):
             row["bsa_report"] = "".join(entry["outputs"]["8"].get("text", []))[:400]
@@ -156,7 +141,7 @@ class Lifecycle:
         return row
 
     def one_step(self, phase: str, kind: str) -> dict:
-        before, started = workers(self.server.proc.pid), time.monotonic()
+        before, started = worker_pids(self.server.proc.pid), time.monotonic()
         entry = self.server.wait(self.queue(kind, 1), timeout=self.args.stage_timeout)
         return self.record(phase, started, entry, before)
 
@@ -166,12 +151,12 @@ class Lifecycle:
     def long_run(self, phase: str, action, after_steps: float) -> dict:
         """A long run; ``after_steps`` one-step times (the ``forward`` phase's) after it started
         running, ``action(worker pids)``; then wait for it to end."""
-        before, started = workers(self.server.proc.pid), time.monotonic()
+        before, started = worker_pids(self.server.proc.pid), time.monotonic()
         prompt_id = self.queue("bf16", 1000)
         wait_until(self.running, self.args.stage_timeout)
         time.sleep(after_steps * self.step_s)
         acted = time.monotonic()
-        detail = action(workers(self.server.proc.pid))
+        detail = action(worker_pids(self.server.proc.pid))
         entry = self.server.wait(prompt_id, timeout=self.args.stage_timeout)
         return self.record(phase, started, entry, before, acted_after_s=round(acted - started, 2),
                            ended_after_s=round(time.monotonic() - acted, 2), **detail)
@@ -185,12 +170,12 @@ class Lifecycle:
             return {"action": "no worker to kill"}
         os.kill(pids[-1], signal.SIGKILL)
         return {"action": f"SIGKILL worker pid {pids[-1]}",
-                "workers_gone_after_s": wait_until(lambda: pids[-1] not in workers(), 30.0)}
+                "workers_gone_after_s": wait_until(lambda: pids[-1] not in worker_pids(), 30.0)}
 
     def unload(self) -> dict:
-        before, started = workers(self.server.proc.pid), time.monotonic()
+        before, started = worker_pids(self.server.proc.pid), time.monotonic()
         self.server.post("/free", {"unload_models": True, "free_memory": True})
-        gone = wait_until(lambda: not workers(self.server.proc.pid), 60.0)
+        gone = wait_until(lambda: not worker_pids(self.server.proc.pid), 60.0)
         return self.record("unload", started, None, before, workers_gone_after_s=gone)
 
 
@@ -257,7 +242,7 @@ def main():
         started = time.monotonic()
         server.stop()
         life.rows.append({"phase": "exit", "wall_s": round(time.monotonic() - started, 2),
-                          "workers_after": workers(), "server_pid": server_pid})
+                          "workers_after": worker_pids(), "server_pid": server_pid})
         result["phases"] = life.rows
         result["pool_errors_in_log"] = [line for line in server.log_text().splitlines()
                                         if "LongCat multi-GPU" in line and "failed" in line][:10]

@@ -170,3 +170,18 @@ def our_node_info(object_info: dict) -> dict:
                 spec[1]["options"] = []
         ours[name] = info
     return ours
+
+
+def worker_pids(parent_pid: int | None = None) -> list[int]:
+    """Live LongCat multi-GPU worker processes (all, or those whose parent is ``parent_pid``;
+    Linux /proc). The mark matches the pack under any import name."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields[0] != "Z" and b"parallel.worker" in cmdline and parent_pid in (None, int(fields[1])):
+            found.append(int(stat.parent.name))
+    return sorted(found)

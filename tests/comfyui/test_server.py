@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from comfy_drift import node_info_changes
-from comfy_server import PACK_FOLDER, our_node_info
+from comfy_server import PACK_FOLDER, our_node_info, worker_pids
 from tiny_models import TINY
 
 pytestmark = pytest.mark.comfyui
@@ -241,20 +241,6 @@ def test_cancel_stops_a_long_run_promptly(comfy_server):
     assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
 
 
-def _workers_of(pid: int) -> list[int]:
-    """PIDs of the multi-GPU worker processes started by process ``pid`` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z" and b"parallel.worker" in cmdline:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="multi-GPU workers need Linux")
 def test_multi_gpu_refine_and_unload_models_stops_the_workers(comfy_server):
     """Stage 1 and a BSA refine with LoRA through LongCat Multi-GPU (2 CPU processes here);
@@ -268,14 +254,14 @@ def test_multi_gpu_refine_and_unload_models_stops_the_workers(comfy_server):
     entry = comfy_server.run(prompt)
     assert len(_saved(entry, "23")) == 10
     assert "sparse self-attention calls over 2 blocks" in "".join(entry["outputs"]["24"]["text"])
-    workers = _workers_of(comfy_server.proc.pid)
+    workers = worker_pids(comfy_server.proc.pid)
     assert len(workers) == 1, workers
     status, _ = comfy_server.post("/free", {"unload_models": True})
     assert status == 200
     deadline = time.monotonic() + 30
-    while _workers_of(comfy_server.proc.pid) and time.monotonic() < deadline:
+    while worker_pids(comfy_server.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _workers_of(comfy_server.proc.pid) == []
+    assert worker_pids(comfy_server.proc.pid) == []
     log = comfy_server.log_text()
     assert "LongCat multi-GPU worker rank" not in log and "WorkerError" not in log  # no worker failed
 
