@@ -148,9 +148,7 @@ def kv_cache_offload(choice, patcher, latent_shape, cond_frames: int, activation
 
     choice: "auto" (on the GPU when the cache and the sampling forward's activations fit in the
     free memory ComfyUI reports after loading the DiT; else pinned CPU memory, copied to the GPU
-    one block ahead of use), "cpu", "gpu", or a bool (True = cpu; older API prompts)."""
-    if isinstance(choice, bool):
-        choice = "cpu" if choice else "gpu"
+    one block ahead of use), "cpu" or "gpu" (ComfyUI rejects anything else before the node runs)."""
     if choice not in KV_CACHE_PLACEMENTS:
         raise ValueError(f"offload_kv_cache must be one of {KV_CACHE_PLACEMENTS}, got {choice!r}")
     dit = patcher.model.diffusion_model

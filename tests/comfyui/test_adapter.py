@@ -109,7 +109,7 @@ def test_sampler_node_equals_the_model_package_pipeline(comfy_env, comfy_models)
     sigmas = torch.tensor([1.0, 0.9, 0.5, 0.0])
     latent = {"samples": raw, "longcat_num_cond_latents": 1}
     got, _ = sampling.sample_latent(patcher, [[positive, {}]], [[negative, {}]], latent, sigmas,
-                                    seed=9, guidance=3.0, use_kv_cache=True, offload_kv_cache=False)
+                                    seed=9, guidance=3.0, use_kv_cache=True, offload_kv_cache="gpu")
     start = make_noise(raw.shape, torch.Generator("cpu").manual_seed(9))
     start[:, :, :1] = latent_format.process_in(raw[:, :, :1])
     cond = lambda c: TextCondition(c, (c != 0).any(-1).float())
@@ -278,10 +278,10 @@ def test_sampler_node_takes_an_empty_image_latent_like_ksampler(comfy_env, comfy
     sigmas = torch.tensor([1.0, 0.5, 0.0])
     got, _ = comfy_env["sampling"].sample_latent(patcher, [[_context(), {}]], None, latent, sigmas,
                                                  seed=1, guidance=1.0, use_kv_cache=False,
-                                                 offload_kv_cache=False)
+                                                 offload_kv_cache="gpu")
     want, _ = comfy_env["sampling"].sample_latent(
         patcher, [[_context(), {}]], None, {"samples": torch.zeros(1, 16, 1, 4, 8)}, sigmas,
-        seed=1, guidance=1.0, use_kv_cache=False, offload_kv_cache=False)
+        seed=1, guidance=1.0, use_kv_cache=False, offload_kv_cache="gpu")
     assert got["samples"].shape == (1, 16, 1, 4, 8)
     torch.testing.assert_close(got["samples"], want["samples"])
 
@@ -328,7 +328,7 @@ def test_rope_tables_are_freed_after_sampling(comfy_env, comfy_models):
     cond = [[_context(), {}]]
     comfy_env["sampling"].sample_latent(patcher.clone(), cond, None, {"samples": torch.zeros_like(noise)},
                                         torch.tensor([1.0, 0.5, 0.0]), seed=1, guidance=1.0,
-                                        use_kv_cache=False, offload_kv_cache=False)
+                                        use_kv_cache=False, offload_kv_cache="gpu")
     assert len(rope._tables) == 0
 
 

@@ -73,7 +73,7 @@ def _sample(comfy, model):
     latent = {"samples": raw, "longcat_num_cond_latents": 1}
     out, _ = comfy["sampling"].sample_latent(model, _context(6, 1), _context(1, 2), latent,
                                              torch.tensor([1.0, 0.8, 0.4, 0.0]), seed=5, guidance=3.0,
-                                             use_kv_cache=True, offload_kv_cache=False)
+                                             use_kv_cache=True, offload_kv_cache="gpu")
     return out["samples"]
 
 
